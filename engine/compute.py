@@ -1,0 +1,301 @@
+"""The stateless engine: bind a Program to request values and answer a query.
+
+Everything a request names is checked here before anything runs: inputs against their
+declarations, targets and sources against the program, cotangents, vectors and tangents
+against the shapes they must match. Then the query's pure function is looked up in the compile
+cache (keyed by structure, query and argument types, never by values) and run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from engine.cache import CompileCache
+from engine.dtypes import is_float
+from engine.errors import InvalidGraph, InvalidTensor
+from engine.interpreter import Aval, TypeCache
+from engine.program import Program, literal_type
+from engine.tensors import decode
+from engine.transforms import BUILDERS, Query
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_nodes: int = 10_000
+    max_elements: int = 50_000_000
+
+
+@dataclass
+class Bound:
+    """A Program with checked input values and the inferred type of every name."""
+
+    program: Program
+    inputs: dict[str, np.ndarray]
+    types: dict[str, Aval]
+
+    def is_float(self, name: str) -> bool:
+        return is_float(self.types[name].dtype)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.types[name].shape)
+
+
+def _avals_key(values: Any) -> tuple[Any, ...]:
+    return tuple((np.shape(v), np.asarray(v).dtype.str) if v is not None else None
+                 for v in jax.tree_util.tree_leaves(values, is_leaf=lambda x: x is None))
+
+
+class Engine:
+    """Answers evaluate/gradient/jacobian/hvp/hessian/jvp queries on Programs."""
+
+    def __init__(self, limits: Limits | None = None, cache: CompileCache | None = None,
+                 types: TypeCache | None = None):
+        self.limits = limits or Limits()
+        self.cache = cache or CompileCache()
+        self.types = types or TypeCache()
+
+    # ----- binding -----
+
+    def bind(self, program: Program, raw_inputs: Mapping[str, Any],
+             loc: Sequence[str | int] = ("inputs",)) -> Bound:
+        """Decode and check the input values, then infer every name's type."""
+        unknown = [n for n in raw_inputs if n not in program.inputs]
+        if unknown:
+            raise InvalidGraph(f"the graph has no input {unknown[0]!r}; its inputs: "
+                               f"{', '.join(program.inputs) or 'none'}", loc=(*loc, unknown[0]))
+        values: dict[str, np.ndarray] = {}
+        for name in program.inputs:
+            if name not in raw_inputs:
+                raise InvalidGraph(f"input {name!r} has no value; send it under inputs",
+                                   loc=(*loc, name))
+            declared = program.input_dtypes.get(name)
+            value = decode(raw_inputs[name], (*loc, name), dtype=declared,
+                           max_elements=self.limits.max_elements)
+            shape = program.input_shapes.get(name)
+            if shape is not None and value.shape != shape:
+                raise InvalidTensor(f"input {name!r} is declared with shape {list(shape)} but "
+                                    f"the value has shape {list(value.shape)}",
+                                    loc=(*loc, name))
+            values[name] = value
+        return self.bind_values(program, values)
+
+    def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
+        avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
+        return Bound(program, values, self.types.infer(program, avals))
+
+    # ----- queries -----
+
+    def evaluate(self, bound: Bound, outputs: Sequence[str] | None = None) -> dict[str, Any]:
+        names = tuple(outputs) if outputs else bound.program.outputs
+        for i, name in enumerate(names):
+            self._check_defined(bound, name, ("outputs", i))
+        values = self._run(bound, Query("evaluate", names), (), None)
+        return dict(zip(names, values, strict=True))
+
+    def gradient(self, bound: Bound, target: str | Sequence[str],
+                 sources: Sequence[str] | None = None, output_gradients: Any = None,
+                 unconnected: str = "none") -> dict[str, Any]:
+        targets = self._targets(bound, target)
+        names = self._sources(bound, sources)
+        live = self._live_sources(bound, targets, names)
+        cotangents = None
+        if output_gradients is not None:
+            cotangents = self._cotangents(bound, target, targets, output_gradients)
+        query = self._query(bound, "gradient", targets, live, with_cotangents=cotangents
+                            is not None)
+        values, grads = self._run(bound, query, self._source_values(bound, live), cotangents)
+        value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
+                                                                         strict=True))
+        found = dict(zip(live, grads, strict=True))
+        return {"value": value,
+                "gradients": {s: found.get(s, self._missing(bound, s, (), unconnected))
+                              for s in names}}
+
+    def jacobian(self, bound: Bound, target: str, sources: Sequence[str] | None = None,
+                 unconnected: str = "none") -> dict[str, Any]:
+        (name,) = self._targets(bound, target, single="jacobian")
+        names = self._sources(bound, sources)
+        live = self._live_sources(bound, (name,), names)
+        out_size = math.prod(bound.shape(name))
+        in_size = sum(math.prod(bound.shape(s)) for s in live)
+        query = self._query(bound, "jacobian", (name,), live,
+                            mode="fwd" if in_size < out_size else "rev")
+        value, jac = self._run(bound, query, self._source_values(bound, live), None)
+        found = dict(zip(live, jac, strict=True))
+        shape = bound.shape(name)
+        return {"value": value,
+                "jacobian": {s: found.get(s, self._missing(bound, s, shape, unconnected))
+                             for s in names}}
+
+    def hvp(self, bound: Bound, target: str, sources: Sequence[str] | None,
+            vectors: Mapping[str, Any], unconnected: str = "none") -> dict[str, Any]:
+        name = self._scalar_target(bound, target, "hvp")
+        names = self._sources(bound, sources)
+        missing = [s for s in names if s not in vectors]
+        if missing:
+            raise InvalidGraph(f"no vector for source {missing[0]!r}: vectors needs one tensor "
+                               "per source, shaped like it", loc=("vectors",))
+        extra = [s for s in vectors if s not in names]
+        if extra:
+            raise InvalidGraph(f"vector for {extra[0]!r}, which is not a source",
+                               loc=("vectors", extra[0]))
+        live = self._live_sources(bound, (name,), names)
+        vecs = tuple(self._like(bound, s, vectors[s], ("vectors", s)) for s in live)
+        query = self._query(bound, "hvp", (name,), live)
+        value, grads, hvp = self._run(bound, query, self._source_values(bound, live), vecs)
+        g, h = dict(zip(live, grads, strict=True)), dict(zip(live, hvp, strict=True))
+        return {"value": value,
+                "gradients": {s: g.get(s, self._missing(bound, s, (), unconnected))
+                              for s in names},
+                "hvp": {s: h.get(s, self._missing(bound, s, (), unconnected)) for s in names}}
+
+    def hessian(self, bound: Bound, target: str, sources: Sequence[str] | None = None,
+                unconnected: str = "none") -> dict[str, Any]:
+        name = self._scalar_target(bound, target, "hessian")
+        names = self._sources(bound, sources)
+        live = self._live_sources(bound, (name,), names)
+        query = self._query(bound, "hessian", (name,), live)
+        value, grads, hess = self._run(bound, query, self._source_values(bound, live), None)
+        g = dict(zip(live, grads, strict=True))
+        blocks = {(a, b): hess[i][j] for i, a in enumerate(live) for j, b in enumerate(live)}
+        return {"value": value,
+                "gradients": {s: g.get(s, self._missing(bound, s, (), unconnected))
+                              for s in names},
+                "hessian": {a: {b: blocks[(a, b)] if (a, b) in blocks else
+                                self._missing_block(bound, a, b, unconnected) for b in names}
+                            for a in names}}
+
+    def jvp(self, bound: Bound, tangents: Mapping[str, Any],
+            outputs: Sequence[str] | None = None) -> dict[str, Any]:
+        names = tuple(outputs) if outputs else bound.program.outputs
+        for i, out in enumerate(names):
+            self._check_defined(bound, out, ("outputs", i))
+        if not tangents:
+            raise InvalidGraph("tangents is empty: give one tensor per input to push forward",
+                               loc=("tangents",))
+        sources = []
+        for s in tangents:
+            self._check_defined(bound, s, ("tangents", s))
+            if not bound.is_float(s):
+                raise InvalidGraph(f"{s!r} is {bound.types[s].dtype.name}; tangents apply to "
+                                   "floating-point values only", loc=("tangents", s))
+            sources.append(s)
+        tans = tuple(self._like(bound, s, tangents[s], ("tangents", s)) for s in sources)
+        query = self._query(bound, "jvp", names, tuple(sources))
+        values, touts = self._run(bound, query, self._source_values(bound, tuple(sources)), tans)
+        return {"values": dict(zip(names, values, strict=True)),
+                "tangents": dict(zip(names, touts, strict=True))}
+
+    # ----- helpers -----
+
+    def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any) -> Any:
+        program = bound.program
+        key = (program.structure_key, query, _avals_key(bound.inputs), _avals_key(sources),
+               _avals_key(extra), tuple(literal_type(v) for v in program.literals))
+        out = self.cache.call(key, lambda: BUILDERS[query.kind](program, query),
+                              bound.inputs, program.literals, sources, extra)
+        return jax.device_get(out)
+
+    def _query(self, bound: Bound, kind: str, targets: tuple[str, ...],
+               sources: tuple[str, ...], **options: Any) -> Query:
+        program = bound.program
+        inter = frozenset(s for s in sources if s not in program.inputs)
+        return Query(kind, targets, sources, inter, **options)
+
+    def _check_defined(self, bound: Bound, name: Any, loc: tuple[str | int, ...]) -> None:
+        if not isinstance(name, str) or not bound.program.defines(name):
+            raise InvalidGraph(f"{name!r} is not an input or a node of the graph", loc=loc)
+
+    def _targets(self, bound: Bound, target: str | Sequence[str],
+                 single: str | None = None) -> tuple[str, ...]:
+        if isinstance(target, str):
+            targets: tuple[str, ...] = (target,)
+            locs: list[tuple[str | int, ...]] = [("target",)]
+        else:
+            if single is not None:
+                raise InvalidGraph(f"{single} takes one target name; ask once per target",
+                                   loc=("target",))
+            targets = tuple(target)
+            locs = [("target", i) for i in range(len(targets))]
+            if not targets:
+                raise InvalidGraph("target is an empty list", loc=("target",))
+        for name, loc in zip(targets, locs, strict=True):
+            self._check_defined(bound, name, loc)
+            if not bound.is_float(name):
+                raise InvalidGraph(f"target {name!r} is {bound.types[name].dtype.name}; "
+                                   "gradients need a floating-point target (cast it first)",
+                                   loc=loc)
+        return targets
+
+    def _scalar_target(self, bound: Bound, target: Any, what: str) -> str:
+        (name,) = self._targets(bound, target, single=what)
+        if bound.shape(name) != ():
+            raise InvalidGraph(f"{what} needs a scalar target, but {name!r} has shape "
+                               f"{list(bound.shape(name))}; reduce it to a scalar (sum, mean) "
+                               "or use jacobian", loc=("target",))
+        return name
+
+    def _sources(self, bound: Bound, sources: Sequence[str] | None) -> tuple[str, ...]:
+        if sources is None:
+            return tuple(n for n in bound.program.inputs if bound.is_float(n))
+        seen: set[str] = set()
+        for i, name in enumerate(sources):
+            self._check_defined(bound, name, ("sources", i))
+            if name in seen:
+                raise InvalidGraph(f"source {name!r} is listed twice", loc=("sources", i))
+            seen.add(name)
+        return tuple(sources)
+
+    def _live_sources(self, bound: Bound, targets: tuple[str, ...],
+                      sources: tuple[str, ...]) -> tuple[str, ...]:
+        floats = [s for s in sources if bound.is_float(s)]
+        connected = bound.program.connected(targets, floats, bound.is_float)
+        return tuple(s for s in floats if s in connected)
+
+    def _source_values(self, bound: Bound, sources: tuple[str, ...]) -> tuple[Any, ...]:
+        return tuple(bound.inputs[s] if s in bound.inputs else
+                     np.zeros(bound.shape(s), bound.types[s].dtype) for s in sources)
+
+    def _missing(self, bound: Bound, source: str, prefix: tuple[int, ...],
+                 unconnected: str) -> Any:
+        if unconnected != "zero" or not bound.is_float(source):
+            return None
+        return np.zeros(prefix + bound.shape(source), bound.types[source].dtype)
+
+    def _missing_block(self, bound: Bound, a: str, b: str, unconnected: str) -> Any:
+        if unconnected != "zero" or not (bound.is_float(a) and bound.is_float(b)):
+            return None
+        return np.zeros(bound.shape(a) + bound.shape(b), bound.types[b].dtype)
+
+    def _like(self, bound: Bound, name: str, raw: Any, loc: tuple[str | int, ...]) -> Any:
+        """Decode a tensor that must have `name`'s shape and dtype (a cotangent, vector or
+        tangent)."""
+        aval = bound.types[name]
+        value = decode(raw, loc, dtype=aval.dtype.name, max_elements=self.limits.max_elements)
+        if value.shape != tuple(aval.shape):
+            raise InvalidTensor(f"shape {list(value.shape)} does not match {name!r}, which has "
+                                f"shape {list(aval.shape)}", loc=loc)
+        return value
+
+    def _cotangents(self, bound: Bound, target: Any, targets: tuple[str, ...],
+                    raw: Any) -> tuple[Any, ...]:
+        if isinstance(raw, dict) and not ("data" in raw or "b64" in raw):
+            missing = [t for t in targets if t not in raw]
+            extra = [k for k in raw if k not in targets]
+            if extra:
+                raise InvalidGraph(f"output_gradients names {extra[0]!r}, which is not a target",
+                                   loc=("output_gradients", extra[0]))
+            if missing:
+                raise InvalidGraph(f"output_gradients has no entry for target {missing[0]!r}",
+                                   loc=("output_gradients",))
+            return tuple(self._like(bound, t, raw[t], ("output_gradients", t)) for t in targets)
+        if len(targets) > 1 or not isinstance(target, str):
+            raise InvalidGraph("with a list of targets, output_gradients is a map "
+                               "{target: tensor}", loc=("output_gradients",))
+        return (self._like(bound, targets[0], raw, ("output_gradients",)),)

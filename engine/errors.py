@@ -1,0 +1,65 @@
+"""Engine exceptions. The HTTP layer maps each class to one status code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Loc = tuple[str | int, ...]
+
+
+class EngineError(Exception):
+    """Base class. `detail` is safe to show to a client; `node` names the graph node at fault;
+    `loc` says which request field is at fault."""
+
+    title = "Engine error"
+
+    def __init__(self, detail: str, *, node: str | None = None, loc: Sequence[str | int] = ()):
+        super().__init__(detail)
+        self.detail = detail
+        self.node = node
+        self.loc: Loc = tuple(loc)
+
+    def with_loc(self, *prefix: str | int) -> EngineError:
+        self.loc = tuple(prefix) + self.loc
+        return self
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class InvalidGraph(EngineError):
+    """The graph or query parses but cannot run: unknown op, undefined name, arity, attrs,
+    shapes or dtypes."""
+
+    title = "Invalid graph"
+
+
+class InvalidTensor(EngineError):
+    """A tensor in the request cannot be decoded."""
+
+    title = "Invalid tensor"
+
+
+class NotFound(EngineError):
+    """An unknown or expired graph, session, tape or tensor."""
+
+    title = "Not found"
+
+
+class Conflict(EngineError):
+    """The request conflicts with the current state (a non-persistent tape used twice)."""
+
+    title = "Conflict"
+
+
+class TooLarge(EngineError):
+    """A size limit would be exceeded (elements per tensor, bytes held by a session)."""
+
+    title = "Too large"
+
+
+class CapacityExceeded(EngineError):
+    """A capacity limit is reached (too many sessions)."""
+
+    title = "Capacity exceeded"

@@ -1,0 +1,263 @@
+"""Serialized graphs: structural validation, canonical form and content address.
+
+`parse_graph` checks everything that needs no shapes (names, ops, arity, attributes, limits)
+and builds a `Program`; `engine.interpreter.infer` then checks shapes and dtypes. Every error
+names the node and the field at fault and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.attrs import AttrError
+from engine.dtypes import DTYPES
+from engine.errors import InvalidGraph
+from engine.ops import Op, lookup, suggest
+from engine.program import Eqn, Program
+from engine.tensors import decode, encode, is_tensor_object
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    """A node whose op, ids and attributes are checked; its args are not resolved yet."""
+
+    op: Op
+    outs: tuple[str, ...]
+    attrs: tuple[tuple[str, Any], ...]
+    args: Sequence[Any]
+    node: str
+
+
+def node_label(node: Mapping[str, Any], index: int) -> str:
+    ident = node.get("id")
+    if isinstance(ident, str):
+        return ident
+    if isinstance(ident, list) and ident and all(isinstance(i, str) for i in ident):
+        return ",".join(ident)
+    return f"#{index}"
+
+
+def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int) -> ResolvedNode:
+    """Check one node's id, op, arity and attributes."""
+    label = node_label(node, index)
+    ident = node.get("id")
+    outs = (ident,) if isinstance(ident, str) else tuple(ident or ())
+    if not outs or not all(isinstance(o, str) and o for o in outs):
+        raise InvalidGraph("node id must be a non-empty string, or a list of them for an op "
+                           "with several results", node=label, loc=(*loc, "id"))
+    name = node.get("op")
+    op = lookup(name) if isinstance(name, str) else None
+    if op is None:
+        hint = suggest(name) if isinstance(name, str) else []
+        did_you_mean = f"; did you mean {' or '.join(map(repr, hint))}?" if hint else ""
+        raise InvalidGraph(f"unknown op {name!r}{did_you_mean} GET /v1/ops lists every op",
+                           node=label, loc=(*loc, "op"))
+    if len(outs) > 1 and not op.multi_output:
+        raise InvalidGraph(f"op {op.name!r} has one result, but the id lists {len(outs)} names",
+                           node=label, loc=(*loc, "id"))
+    args = node.get("args", [])
+    if not isinstance(args, list):
+        raise InvalidGraph("args must be a list", node=label, loc=(*loc, "args"))
+    if len(args) < op.min_args or (op.max_args is not None and len(args) > op.max_args):
+        raise InvalidGraph(f"op {op.name!r} takes {_arity_text(op)}, got {len(args)}",
+                           node=label, loc=(*loc, "args"))
+    return ResolvedNode(op, outs, check_attrs(op, node.get("attrs") or {}, label, loc), args,
+                        label)
+
+
+def _arity_text(op: Op) -> str:
+    if op.max_args == op.min_args:
+        return f"{op.min_args} argument{'s' if op.min_args != 1 else ''}"
+    if op.max_args is None:
+        return f"at least {op.min_args} argument{'s' if op.min_args != 1 else ''}"
+    return f"{op.min_args} to {op.max_args} arguments"
+
+
+def check_attrs(op: Op, attrs: Any, label: str,
+                loc: Sequence[str | int]) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(attrs, dict):
+        raise InvalidGraph("attrs must be an object", node=label, loc=(*loc, "attrs"))
+    unknown = sorted(set(attrs) - set(op.attrs))
+    if unknown:
+        allowed = ", ".join(op.attrs) or "none"
+        raise InvalidGraph(f"op {op.name!r} has no attribute {unknown[0]!r}; its attributes: "
+                           f"{allowed}", node=label, loc=(*loc, "attrs", unknown[0]))
+    out = []
+    for key, spec in op.attrs.items():
+        if key not in attrs:
+            if spec.required:
+                raise InvalidGraph(f"op {op.name!r} needs the attribute {key!r} "
+                                   f"({spec.kind})", node=label, loc=(*loc, "attrs"))
+            continue
+        try:
+            out.append((key, spec.check(attrs[key])))
+        except AttrError as exc:
+            raise InvalidGraph(f"attribute {key!r} of op {op.name!r}: {exc}", node=label,
+                               loc=(*loc, "attrs", key)) from None
+    return tuple(out)
+
+
+def decode_literal(value: Any, loc: Sequence[str | int], max_elements: int) -> Any:
+    """A constant argument. Bare numbers stay Python scalars, weakly typed as in JAX, so
+    `multiply(x, 2.0)` keeps the dtype of x and `take(p, 0)` gets an integer."""
+    if isinstance(value, bool | int | float):
+        return value
+    return decode(value, loc, max_elements=max_elements)
+
+
+def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) -> Program:
+    """Check a graph's structure and build its Program.
+
+    >>> p = parse_graph({"nodes": [{"id": "y", "op": "reduce_sum", "args": ["x"]}]},
+    ...                 max_nodes=10, max_elements=100)
+    >>> p.inputs, p.outputs
+    (('x',), ('y',))
+    """
+    nodes = graph.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise InvalidGraph("a graph needs a non-empty list of nodes", loc=("nodes",))
+    if len(nodes) > max_nodes:
+        raise InvalidGraph(f"the graph has {len(nodes)} nodes; the limit is {max_nodes} "
+                           "(GRADTAPE_MAX_NODES)", loc=("nodes",))
+    declared = graph.get("inputs")
+    inputs, dtypes, shapes = _parse_inputs(declared)
+    implicit_inputs = declared is None
+    defined: set[str] = set(inputs)
+    later = {o for n in nodes if isinstance(n, dict) for o in _ids(n.get("id"))}
+    literals: list[Any] = []
+    eqns: list[Eqn] = []
+    for i, node in enumerate(nodes):
+        loc = ("nodes", i)
+        if not isinstance(node, dict):
+            raise InvalidGraph("a node must be an object with id, op and args", loc=loc)
+        res = resolve_node(node, loc, i)
+        args: list[str | int] = []
+        for j, arg in enumerate(res.args):
+            if isinstance(arg, str):
+                if arg not in defined:
+                    if implicit_inputs and arg not in later:
+                        inputs.append(arg)
+                        defined.add(arg)
+                    else:
+                        raise InvalidGraph(_undefined(arg, res.node, later, implicit_inputs),
+                                           node=res.node, loc=(*loc, "args", j))
+                args.append(arg)
+            elif arg is None or (isinstance(arg, dict) and not is_tensor_object(arg)):
+                raise InvalidGraph("an argument is a name (string) or a constant (number, "
+                                   "array or tensor object)", node=res.node,
+                                   loc=(*loc, "args", j))
+            else:
+                literals.append(decode_literal(arg, (*loc, "args", j), max_elements))
+                args.append(len(literals) - 1)
+        for out in res.outs:
+            if out in defined:
+                what = "an input" if out in inputs else "an earlier node"
+                raise InvalidGraph(f"id {out!r} is already {what}; node ids are unique in a "
+                                   "graph (rename this node)", node=res.node, loc=(*loc, "id"))
+            defined.add(out)
+        eqns.append(Eqn(res.op, res.attrs, tuple(args), res.outs, res.node))
+    outputs = _parse_outputs(graph.get("outputs"), defined, eqns)
+    return Program(tuple(inputs), tuple(eqns), outputs, tuple(literals), dtypes, shapes)
+
+
+def _ids(ident: Any) -> tuple[str, ...]:
+    if isinstance(ident, str):
+        return (ident,)
+    if isinstance(ident, list):
+        return tuple(i for i in ident if isinstance(i, str))
+    return ()
+
+
+def _undefined(name: str, node: str, later: set[str], implicit: bool) -> str:
+    if name in later:
+        return (f"{name!r} is used before the node that defines it; nodes run in list order, "
+                "so move that node earlier")
+    fix = "define it in an earlier node" if implicit else \
+        "declare it under inputs or define it in an earlier node"
+    return f"undefined name {name!r}: {fix}"
+
+
+def _parse_inputs(declared: Any) -> tuple[list[str], dict[str, str | None],
+                                          dict[str, tuple[int, ...] | None]]:
+    if declared is None:
+        return [], {}, {}
+    if not isinstance(declared, dict):
+        raise InvalidGraph("inputs must be an object: {name: {dtype, shape}}", loc=("inputs",))
+    dtypes: dict[str, str | None] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for name, spec in declared.items():
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            raise InvalidGraph("an input spec is an object {dtype?, shape?}",
+                               loc=("inputs", name))
+        unknown = set(spec) - {"dtype", "shape"}
+        if unknown:
+            raise InvalidGraph(f"unknown input field(s) {sorted(unknown)}; an input has dtype "
+                               "and shape", loc=("inputs", name))
+        dtype = spec.get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise InvalidGraph(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}",
+                               loc=("inputs", name, "dtype"))
+        shape = spec.get("shape")
+        if shape is not None and not (isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise InvalidGraph("shape must be a list of non-negative integers",
+                               loc=("inputs", name, "shape"))
+        dtypes[name] = dtype
+        shapes[name] = tuple(shape) if shape is not None else None
+    return list(declared), dtypes, shapes
+
+
+def _parse_outputs(outputs: Any, defined: set[str], eqns: list[Eqn]) -> tuple[str, ...]:
+    if outputs is None:
+        return eqns[-1].outs
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise InvalidGraph("outputs must be a list of names", loc=("outputs",))
+    for i, name in enumerate(outputs):
+        if name not in defined:
+            raise InvalidGraph(f"output {name!r} is not an input or a node id",
+                               loc=("outputs", i))
+    return tuple(outputs)
+
+
+def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]:
+    """A normal form of the graph: canonical op names, attributes with defaults dropped,
+    constants as explicit tensor objects, declared inputs, explicit outputs."""
+    nodes = []
+    for eqn in program.eqns:
+        args: list[Any] = []
+        for a in eqn.args:
+            if isinstance(a, str):
+                args.append(a)
+            else:
+                lit = program.literals[a]
+                args.append(lit if isinstance(lit, bool | int | float) else
+                            _plain(encode(np.asarray(lit))))
+        node: dict[str, Any] = {"id": eqn.outs[0] if len(eqn.outs) == 1 else list(eqn.outs),
+                                "op": eqn.prim.name, "args": args}
+        if eqn.attrs:
+            node["attrs"] = {k: v for k, v in eqn.attrs}
+        nodes.append(node)
+    inputs = {n: {"dtype": program.input_dtypes.get(n),
+                  "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}
+              for n in program.inputs}
+    return {"inputs": inputs, "nodes": nodes, "outputs": list(program.outputs)}
+
+
+def _plain(tensor: dict[str, Any]) -> dict[str, Any]:
+    data = tensor["data"]
+    return {**tensor, "data": data.tolist() if isinstance(data, np.ndarray | np.generic) else data}
+
+
+def graph_id(canonical: Mapping[str, Any]) -> str:
+    """Content address of a canonical graph: the same graph always gets the same id."""
+    blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    return "g_" + hashlib.sha256(blob).hexdigest()[:32]
