@@ -59,6 +59,12 @@ class Engine:
         self.limits = limits or Limits()
         self.cache = cache or CompileCache()
         self.types = types or TypeCache()
+        self._hot: dict[str, None] = {}
+
+    def is_hot(self, program: Program) -> bool:
+        """Whether a query on this structure has been compiled: a cheap hint that the next
+        call on it costs a dispatch, not a trace."""
+        return program.structure_key in self._hot
 
     # ----- binding -----
 
@@ -200,6 +206,10 @@ class Engine:
                _avals_key(extra), tuple(literal_type(v) for v in program.literals))
         out = self.cache.call(key, lambda: BUILDERS[query.kind](program, query),
                               bound.inputs, program.literals, sources, extra)
+        if program.structure_key not in self._hot and self.cache.is_compiled(key):
+            self._hot[program.structure_key] = None
+            if len(self._hot) > 4 * self.cache.capacity:
+                self._hot.pop(next(iter(self._hot)))
         return jax.device_get(out)
 
     def _query(self, bound: Bound, kind: str, targets: tuple[str, ...],

@@ -1,0 +1,1 @@
+"""gradtape's HTTP layer: FastAPI routes, request models, errors and settings."""

@@ -1,0 +1,119 @@
+"""Every failure becomes an RFC 9457 problem+json answer, here and nowhere else.
+
+Messages are built from the exception's own fields (never `str(exc)` of an unexpected error,
+which can leak server paths). Bad input is always 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.errors import (
+    CapacityExceeded,
+    Conflict,
+    EngineError,
+    InvalidGraph,
+    InvalidTensor,
+    NotFound,
+    TooLarge,
+)
+from service.responses import ProblemResponse
+
+log = logging.getLogger("gradtape")
+
+STATUS: dict[type[EngineError], int] = {
+    InvalidGraph: 422,
+    InvalidTensor: 422,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    CapacityExceeded: 429,
+}
+
+
+def problem(status: int, detail: str, *, title: str | None = None, slug: str | None = None,
+            errors: list[dict[str, Any]] | None = None, node: str | None = None,
+            headers: dict[str, str] | None = None) -> ProblemResponse:
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": f"urn:gradtape:problem:{slug or phrase.lower().replace(' ', '-')}",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    if node is not None:
+        body["node"] = node
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+class ApiError(Exception):
+    """An HTTP-level failure raised by the service itself (401, 413 from the body limit)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+async def engine_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, EngineError)
+    status = STATUS.get(type(exc), 422)
+    errors = [{"loc": ["body", *exc.loc], "msg": exc.detail}] if exc.loc else None
+    detail = exc.detail if exc.node is None else f"node {exc.node!r}: {exc.detail}"
+    return problem(status, detail, title=exc.title, slug=exc.title.lower().replace(" ", "-"),
+                   errors=errors, node=exc.node)
+
+
+async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    detail = f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
+    return problem(422, detail, title="Invalid request", slug="invalid-request", errors=errors)
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        ctx = error.get("ctx") or {}
+        return f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"
+    msg = str(error.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+async def http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.url.path}; the API lives under /v1 (see /docs)"
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: " + \
+            (exc.headers or {}).get("Allow", "see /docs")
+    return problem(exc.status_code, detail, headers=dict(exc.headers or {}) or None)
+
+
+async def api_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ApiError)
+    return problem(exc.status, exc.detail, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal error; the server log has the details")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(EngineError, engine_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(Exception, unexpected_error)

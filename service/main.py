@@ -1,0 +1,66 @@
+"""The app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+import engine
+from service import errors
+from service.config import Settings
+from service.metrics import MetricsMiddleware
+from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from service.responses import FastJSONResponse
+from service.routes import differentiation, graphs, health, ops
+from service.state import Services
+
+DESCRIPTION = """\
+Send a serialized computation graph; get values, gradients, Jacobians, Hessians and
+Hessian-vector products, computed by JAX. Or keep GradientTape sessions on the server: watch
+tensors, record ops while your client decides the control flow, and ask any tape for
+gradients, including gradients of gradients through nested tapes.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPIOffline(
+        title="gradtape",
+        version=engine.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=FastJSONResponse,
+        static_url="/docs-assets",
+    )
+    app.state.services = services
+    errors.install(app)
+    for router in (health.router, ops.router, graphs.router, differentiation.router):
+        app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(services.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    if settings.api_key_set:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    logging.getLogger("gradtape").setLevel(settings.log_level.upper())
+    return app

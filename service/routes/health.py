@@ -1,0 +1,53 @@
+"""Liveness, readiness and what this instance runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from fastapi import APIRouter
+
+import engine
+from service.deps import ServicesDep
+
+router = APIRouter(prefix="/v1", tags=["service"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+async def ready(svc: ServicesDep) -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/info")
+async def info(svc: ServicesDep) -> dict[str, Any]:
+    """Versions, the JAX backend and devices, the session store, limits and cache stats."""
+    s = svc.settings
+    backend = jax.default_backend()
+    return {
+        "version": engine.__version__,
+        "jax_version": jax.__version__,
+        "backend": "gpu" if backend in ("gpu", "cuda", "rocm") else backend,
+        "devices": [{"id": d.id, "platform": d.platform, "kind": d.device_kind}
+                    for d in jax.devices()],
+        "session_store": svc.sessions.kind if hasattr(svc, "sessions") else None,
+        "limits": {
+            "max_body_bytes": s.max_body_bytes,
+            "max_nodes": s.max_nodes,
+            "max_elements": s.max_elements,
+            "max_sessions": s.max_sessions,
+            "session_ttl_seconds": s.session_ttl_seconds,
+            "session_max_ttl_seconds": s.session_max_ttl_seconds,
+            "session_max_bytes": s.session_max_bytes,
+            "total_session_bytes": s.total_session_bytes,
+        },
+        "compile_cache": {"capacity": svc.engine.cache.capacity,
+                          "entries": len(svc.engine.cache),
+                          **svc.engine.cache.stats.as_dict()},
+        "registered_graphs": len(svc.registry),
+        "api_keys_required": bool(s.api_key_set),
+    }

@@ -1,0 +1,24 @@
+"""The op catalogue, straight from the engine's table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from engine.ops import OPS
+from service.responses import FastJSONResponse
+
+router = APIRouter(prefix="/v1/ops", tags=["ops"])
+
+_CATALOGUE = [op.describe() for op in OPS.values()]
+
+
+@router.get("")
+async def list_ops(category: str | None = Query(None, description="only this category"),
+                   differentiable: bool | None = None) -> Any:
+    """Every op: name, aliases, arity, attributes, differentiable, one-line formula."""
+    ops = [o for o in _CATALOGUE
+           if (category is None or o["category"] == category)
+           and (differentiable is None or o["differentiable"] == differentiable)]
+    return FastJSONResponse(ops)

@@ -1,0 +1,1 @@
+"""Request and response models: the wire format, checked at the edge."""

@@ -1,0 +1,123 @@
+"""Stateless differentiation requests and answers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.schemas.graphs import TUTORIAL_GRAPH, TUTORIAL_INPUTS, Graph
+from service.schemas.tensors import Tensor, TensorOut
+
+Unconnected = Literal["none", "zero"]
+ONES = [[1, 1], [1, 1]]
+
+
+def _example(**extra: Any) -> ConfigDict:
+    body = {"graph": TUTORIAL_GRAPH, "inputs": TUTORIAL_INPUTS, **extra}
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [body]})
+
+
+class GraphRequest(BaseModel):
+    """A graph inline (`graph`) or registered (`graph_id`), and values for its inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: Graph | None = None
+    graph_id: str | None = None
+    inputs: dict[str, Tensor] = Field(default_factory=dict, description="{input: tensor}")
+    encoding: Literal["json", "base64"] = Field(
+        "json", description="'base64' answers tensors as b64 bytes instead of nested data")
+
+    @model_validator(mode="after")
+    def _one_graph(self) -> GraphRequest:
+        if (self.graph is None) == (self.graph_id is None):
+            raise ValueError("give exactly one of 'graph' (inline) and 'graph_id' (registered "
+                             "with POST /v1/graphs)")
+        return self
+
+
+class EvaluateRequest(GraphRequest):
+    model_config = _example(outputs=["y", "z"])
+
+    outputs: list[str] | None = Field(None, description="names to return; intermediates "
+                                      "allowed; default: the graph's outputs")
+
+
+class GradientRequest(GraphRequest):
+    model_config = _example(target="z", sources=["x"])
+
+    target: str | list[str] = Field(description="a name, or a list whose total is "
+                                    "differentiated")
+    sources: list[str] | None = Field(None, description="names (inputs or intermediates); "
+                                      "default: every floating-point input")
+    output_gradients: Tensor | dict[str, Tensor] | None = Field(
+        None, description="the cotangent (a VJP): a tensor shaped like the target, or "
+        "{target: tensor} for a list of targets; default: ones")
+    unconnected_gradients: Unconnected = "none"
+
+
+class JacobianRequest(GraphRequest):
+    model_config = _example(target="y", sources=["x"])
+
+    target: str
+    sources: list[str] | None = None
+    unconnected_gradients: Unconnected = "none"
+
+
+class HvpRequest(GraphRequest):
+    model_config = _example(target="z", sources=["x"], vectors={"x": ONES})
+
+    target: str = Field(description="a scalar")
+    sources: list[str] | None = None
+    vectors: dict[str, Tensor] = Field(description="{source: tensor shaped like the source}")
+    unconnected_gradients: Unconnected = "none"
+
+
+class HessianRequest(GraphRequest):
+    model_config = _example(target="z", sources=["x"])
+
+    target: str = Field(description="a scalar")
+    sources: list[str] | None = None
+    unconnected_gradients: Unconnected = "none"
+
+
+class JvpRequest(GraphRequest):
+    model_config = _example(tangents={"x": ONES}, outputs=["z"])
+
+    tangents: dict[str, Tensor] = Field(description="{input or intermediate: tangent}")
+    outputs: list[str] | None = None
+
+
+MaybeTensor = TensorOut | None
+
+
+class EvaluateResponse(BaseModel):
+    values: dict[str, TensorOut]
+
+
+class GradientResponse(BaseModel):
+    value: TensorOut | dict[str, TensorOut]
+    gradients: dict[str, MaybeTensor]
+
+
+class JacobianResponse(BaseModel):
+    value: TensorOut
+    jacobian: dict[str, MaybeTensor]
+
+
+class HvpResponse(BaseModel):
+    value: TensorOut
+    gradients: dict[str, MaybeTensor]
+    hvp: dict[str, MaybeTensor]
+
+
+class HessianResponse(BaseModel):
+    value: TensorOut
+    gradients: dict[str, MaybeTensor]
+    hessian: dict[str, dict[str, MaybeTensor]]
+
+
+class JvpResponse(BaseModel):
+    values: dict[str, TensorOut]
+    tangents: dict[str, TensorOut]

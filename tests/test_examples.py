@@ -1,0 +1,184 @@
+"""Run the tutorial examples in examples/ against a real server and check their numbers.
+
+The service is started once for the module on a free loopback port. Each example
+prints one line per result, "<part> <label> = <data> <dtype> <shape>"; every
+line is compared with the tutorial values in API.md. A missing interpreter is a
+failure that names the package to install, not a skip.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT_S = 60
+EXAMPLE_TIMEOUT_S = 120
+
+R_PACKAGES = "apt-get install -y --no-install-recommends r-base-core r-cran-httr2 r-cran-jsonlite"
+
+# name: (command, {program it needs: how to install it})
+EXAMPLE_COMMANDS = {
+    "bash": (
+        ["bash", "tutorial.sh"],
+        {
+            "bash": "apt-get install -y bash",
+            "curl": "apt-get install -y curl",
+            "python3": "apt-get install -y python3",
+        },
+    ),
+    "python": ([sys.executable, "tutorial.py"], {}),
+    "node": (
+        ["node", "tutorial.mjs"],
+        {"node": "apt-get install -y nodejs (Node.js 20 or newer, e.g. from NodeSource)"},
+    ),
+    "r": (["Rscript", "tutorial.R"], {"Rscript": R_PACKAGES}),
+}
+
+# (part, label, data, shape): every example prints exactly these lines, in this order.
+EXPECTED = [
+    ("part1", "dz/dx", [[8.0, 8.0], [8.0, 8.0]], [2, 2]),
+    ("part2", "dz/dy", 8.0, []),
+    ("part3", "dz/dx", 108.0, []),
+    ("part3", "dy/dx", 6.0, []),
+    ("part4", "n=6 doutput/dx", 12.0, []),
+    ("part4", "n=5 doutput/dx", 12.0, []),
+    ("part4", "n=4 doutput/dx", 4.0, []),
+    ("part5", "dy/dx", 3.0, []),
+    ("part5", "d2y/dx2", 6.0, []),
+]
+
+LINE = re.compile(r"^(?P<part>part\d) (?P<label>.+) = (?P<data>\S+) (?P<dtype>\S+) (?P<shape>\S+)$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{url}/v1/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"server not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
+                )
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def require_tools(name: str) -> list[str]:
+    """The example's command line; fails the test if a program it needs is missing."""
+    command, needs = EXAMPLE_COMMANDS[name]
+    for program, install in needs.items():
+        if shutil.which(program) is None:
+            pytest.fail(
+                f"examples/{command[1]} needs `{program}`, which is not on PATH; install: {install}"
+            )
+    if name == "node":
+        version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+        major = int(version.lstrip("v").split(".")[0])
+        if major < 20:
+            pytest.fail(
+                f"examples/tutorial.mjs needs Node.js 20 or newer (has built-in fetch); found {version.strip()}"
+            )
+    if name == "r":
+        check = subprocess.run(
+            ["Rscript", "-e", "library(httr2); library(jsonlite)"], capture_output=True, text=True
+        )
+        if check.returncode != 0:
+            pytest.fail(
+                f"examples/tutorial.R needs the R packages httr2 and jsonlite; install: {R_PACKAGES}\n{check.stderr}"
+            )
+    return command
+
+
+def run_example(name: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        require_tools(name),
+        cwd=EXAMPLES,
+        env={**os.environ, "GRADTAPE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT_S,
+    )
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_COMMANDS))
+def test_example_prints_tutorial_values(name: str, server: str) -> None:
+    result = run_example(name, server)
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+
+    lines = [line.strip() for line in result.stdout.splitlines() if line.startswith("part")]
+    printed = [(m["part"], m["label"]) if (m := LINE.match(line)) else line for line in lines]
+    assert printed == [(part, label) for part, label, _, _ in EXPECTED], result.stdout
+
+    for line, (part, label, data, shape) in zip(lines, EXPECTED, strict=True):
+        m = LINE.match(line)
+        assert m is not None
+        got = json.loads(m["data"])
+        where = f"{name}: {part} {label}: {line!r}"
+        assert m["dtype"] == "float32", where
+        assert json.loads(m["shape"]) == shape, where
+        assert list(np.shape(got)) == shape, where
+        np.testing.assert_allclose(np.asarray(got, dtype=float), data, rtol=1e-6, err_msg=where)
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_COMMANDS))
+def test_example_reports_http_errors(name: str, server: str) -> None:
+    # Under a wrong base path every call is a 404: the example must stop and say so.
+    result = run_example(name, f"{server}/no-such-prefix")
+    assert result.returncode != 0, result.stdout
+    assert "404" in result.stderr, result.stderr
+    assert not any(line.startswith("part") for line in result.stdout.splitlines()), result.stdout
