@@ -56,9 +56,9 @@ class Engine:
 
     def __init__(self, limits: Limits | None = None, cache: CompileCache | None = None,
                  types: TypeCache | None = None):
-        self.limits = limits or Limits()
-        self.cache = cache or CompileCache()
-        self.types = types or TypeCache()
+        self.limits = limits if limits is not None else Limits()
+        self.cache = cache if cache is not None else CompileCache()
+        self.types = types if types is not None else TypeCache()
         self._hot: dict[str, None] = {}
 
     def is_hot(self, program: Program) -> bool:
