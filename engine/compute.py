@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -38,6 +38,10 @@ class Bound:
     program: Program
     inputs: dict[str, np.ndarray]
     types: dict[str, Aval]
+    labels: dict[str, str] = field(default_factory=dict)  # program name -> name users know
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, name)
 
     def is_float(self, name: str) -> bool:
         return is_float(self.types[name].dtype)
@@ -145,14 +149,15 @@ class Engine:
         names = self._sources(bound, sources)
         missing = [s for s in names if s not in vectors]
         if missing:
-            raise InvalidGraph(f"no vector for source {missing[0]!r}: vectors needs one tensor "
-                               "per source, shaped like it", loc=("vectors",))
+            raise InvalidGraph(f"no vector for source {bound.label(missing[0])!r}: vectors "
+                               "needs one tensor per source, shaped like it", loc=("vectors",))
         extra = [s for s in vectors if s not in names]
         if extra:
             raise InvalidGraph(f"vector for {extra[0]!r}, which is not a source",
                                loc=("vectors", extra[0]))
         live = self._live_sources(bound, (name,), names)
-        vecs = tuple(self._like(bound, s, vectors[s], ("vectors", s)) for s in live)
+        vecs = tuple(self._like(bound, s, vectors[s], ("vectors", bound.label(s)))
+                     for s in live)
         query = self._query(bound, "hvp", (name,), live)
         value, grads, hvp = self._run(bound, query, self._source_values(bound, live), vecs)
         g, h = dict(zip(live, grads, strict=True)), dict(zip(live, hvp, strict=True))
@@ -289,8 +294,8 @@ class Engine:
         aval = bound.types[name]
         value = decode(raw, loc, dtype=aval.dtype.name, max_elements=self.limits.max_elements)
         if value.shape != tuple(aval.shape):
-            raise InvalidTensor(f"shape {list(value.shape)} does not match {name!r}, which has "
-                                f"shape {list(aval.shape)}", loc=loc)
+            raise InvalidTensor(f"shape {list(value.shape)} does not match {bound.label(name)!r},"
+                                f" which has shape {list(aval.shape)}", loc=loc)
         return value
 
     def _cotangents(self, bound: Bound, target: Any, targets: tuple[str, ...],
@@ -304,7 +309,8 @@ class Engine:
             if missing:
                 raise InvalidGraph(f"output_gradients has no entry for target {missing[0]!r}",
                                    loc=("output_gradients",))
-            return tuple(self._like(bound, t, raw[t], ("output_gradients", t)) for t in targets)
+            return tuple(self._like(bound, t, raw[t], ("output_gradients", bound.label(t)))
+                         for t in targets)
         if len(targets) > 1 or not isinstance(target, str):
             raise InvalidGraph("with a list of targets, output_gradients is a map "
                                "{target: tensor}", loc=("output_gradients",))

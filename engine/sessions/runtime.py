@@ -1,0 +1,646 @@
+"""Session operations with TensorFlow's GradientTape semantics.
+
+Ops run in a session are evaluated as one Program (compiled once their structure repeats) and,
+node by node, recorded on every tape that is recording and tracks one of their inputs. A
+gradient replays the tape's records as a pure function of the sources (`replay.build`). A
+gradient whose results are saved while other tapes record is itself recorded on them as a
+`RecordedGradient`, so it can be differentiated again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.compute import Bound, Engine
+from engine.dtypes import is_float
+from engine.errors import Conflict, InvalidGraph, NotFound
+from engine.graph import decode_literal, node_label, resolve_node
+from engine.program import Eqn, Program
+from engine.sessions import replay
+from engine.sessions.state import (
+    Binding,
+    Const,
+    GradientSpec,
+    Handle,
+    Record,
+    Session,
+    SourceSpec,
+    Tape,
+    TensorId,
+    Variable,
+)
+from engine.tensors import decode
+from engine.transforms import Query
+
+
+@dataclass(frozen=True)
+class Assign:
+    """A variable update: not an op of the table, never recorded, and its result becomes the
+    variable's new value (same shape and dtype)."""
+
+    name: str
+    update: Callable[[Any, Any], Any]
+    differentiable: bool = False
+    multi_output: bool = False
+
+    def bind(self, var: Any, value: Any) -> Any:
+        return jnp.broadcast_to(self.update(var, value), jnp.shape(var)).astype(var.dtype)
+
+
+ASSIGN_OPS: dict[str, Assign] = {
+    "assign": Assign("assign", lambda var, value: value),
+    "assign_add": Assign("assign_add", jnp.add),
+    "assign_sub": Assign("assign_sub", jnp.subtract),
+}
+
+ByteBudget = Callable[[Session, int], None]
+
+
+class SessionRuntime:
+    """Carries out session requests on `Session` state; the caller holds the session's lock."""
+
+    def __init__(self, engine: Engine, byte_budget: ByteBudget):
+        self.engine = engine
+        self.byte_budget = byte_budget
+
+    # ----- tensors -----
+
+    def put_tensor(self, s: Session, name: str, raw: Any, variable: bool = False,
+                   trainable: bool = True) -> np.ndarray:
+        value = decode(raw, ("value",), max_elements=self.engine.limits.max_elements)
+        old = s.names.get(name)
+        freed = s.values[old.tensor].nbytes if old and old.tensor in s.values else 0
+        self.byte_budget(s, value.nbytes - freed)
+        tid = self._store(s, value)
+        if variable:
+            handle = s.new_id()
+            s.variables[handle] = Variable(handle, tid, trainable)
+            s.version_of[tid] = handle
+            s.names[name] = Binding(variable=handle)
+        else:
+            s.names[name] = Binding(tensor=tid)
+        self._collect(s)
+        return value
+
+    def get_tensor(self, s: Session, name: str) -> np.ndarray:
+        binding = s.names.get(name)
+        if binding is None:
+            raise NotFound(f"session {s.session_id!r} has no tensor {name!r}; PUT it first")
+        return s.values[self._tid(s, binding)]
+
+    def delete_tensor(self, s: Session, name: str) -> None:
+        if s.names.pop(name, None) is None:
+            raise NotFound(f"session {s.session_id!r} has no tensor {name!r}")
+        self._collect(s)
+
+    def describe(self, s: Session) -> dict[str, Any]:
+        tensors = []
+        for name, b in s.names.items():
+            value = s.values[self._tid(s, b)]
+            var = s.variables.get(b.variable) if b.variable is not None else None
+            tensors.append({"name": name, "dtype": value.dtype.name, "shape": list(value.shape),
+                            "variable": var is not None,
+                            "trainable": var.trainable if var is not None else False})
+        return {"session_id": s.session_id, "tensors": tensors,
+                "tapes": [self.describe_tape(s, t) for t in s.tapes.values()],
+                "bytes": s.nbytes, "ttl_seconds": s.ttl_seconds, "expires_at": s.expires_at}
+
+    # ----- running ops -----
+
+    def run(self, s: Session, nodes: Sequence[Mapping[str, Any]], fetch: Sequence[str] | None,
+            max_nodes: int) -> dict[str, np.ndarray]:
+        """Evaluate `nodes` in order, bind their ids, record them on recording tapes."""
+        if not nodes:
+            raise InvalidGraph("nodes is empty: give at least one node", loc=("nodes",))
+        if len(nodes) > max_nodes:
+            raise InvalidGraph(f"{len(nodes)} nodes; the limit is {max_nodes} "
+                               "(GRADTAPE_MAX_NODES)", loc=("nodes",))
+        plan = _RunPlan(s, self.engine.limits.max_elements)
+        for i, node in enumerate(nodes):
+            plan.add(node, i)
+        program = plan.program()
+        bound = self.engine.bind_values(program, plan.input_values())
+        results = self.engine.evaluate(bound, program.outputs)
+        self.byte_budget(s, sum(np.asarray(v).nbytes for v in results.values()) +
+                         sum(v.nbytes for v in plan.new_constants.values()))
+        return self._commit(s, plan, results, fetch)
+
+    def _commit(self, s: Session, plan: _RunPlan, results: Mapping[str, Any],
+                fetch: Sequence[str] | None) -> dict[str, np.ndarray]:
+        tids: dict[str, TensorId] = dict(plan.input_tids)
+        for tid, value in plan.new_constants.items():
+            s.values[tid] = value
+        for local, value in results.items():
+            tids[local] = self._store(s, np.asarray(value))
+        for step in plan.steps:
+            args = tuple(a if isinstance(a, Const) else tids[a] for a in step.args)
+            outs = tuple(tids[o] for o in step.outs)
+            if step.assigns is not None:
+                var = s.variables[step.assigns]
+                var.current = outs[0]
+                s.version_of[outs[0]] = var.handle
+                s.names[step.label] = Binding(variable=var.handle)
+                continue
+            for out_name, tid in zip(step.ids, outs, strict=True):
+                s.names[out_name] = Binding(tensor=tid)
+            self._record(s, Record(step.op, step.attrs, args, outs, step.label))
+        self._collect(s)
+        wanted = list(fetch) if fetch is not None else list(dict.fromkeys(plan.result_names))
+        out = {}
+        for i, name in enumerate(wanted):
+            binding = s.names.get(name)
+            if binding is None:
+                raise InvalidGraph(f"fetch names {name!r}, which is not a tensor of the "
+                                   "session", loc=("fetch", i))
+            out[name] = s.values[self._tid(s, binding)]
+        return out
+
+    def _record(self, s: Session, rec: Record) -> None:
+        for tape in s.tapes.values():
+            if not tape.recording:
+                continue
+            hit = False
+            for a in rec.args:
+                if isinstance(a, Const):
+                    continue
+                handle = s.version_of.get(a)
+                if handle is not None and tape.watch_accessed_variables and \
+                        s.variables.get(handle, Variable(0, 0, False)).trainable:
+                    tape.watched_variables.add(handle)
+                if tape.tracks(a, handle):
+                    tape.tracked.add(a)
+                    hit = True
+            if hit:
+                tape.records.append(rec)
+                tape.tracked.update(rec.outs)
+
+    # ----- tapes -----
+
+    def open_tape(self, s: Session, persistent: bool, watch_accessed_variables: bool) -> Tape:
+        tape = Tape(f"t_{uuid.uuid4().hex[:12]}", persistent, watch_accessed_variables)
+        s.tapes[tape.tape_id] = tape
+        return tape
+
+    def tape(self, s: Session, tape_id: str) -> Tape:
+        tape = s.tapes.get(tape_id)
+        if tape is None:
+            raise NotFound(f"session {s.session_id!r} has no tape {tape_id!r} (deleted, or "
+                           "never opened)")
+        return tape
+
+    def watch(self, s: Session, tape: Tape, names: Sequence[str]) -> None:
+        for i, name in enumerate(names):
+            binding = self._binding(s, name, ("tensors", i))
+            if binding.variable is not None:
+                tape.watched_variables.add(binding.variable)
+            tid = self._tid(s, binding)
+            tape.watched_tensors.add(tid)
+            tape.tracked.add(tid)
+
+    def reset(self, s: Session, tape: Tape) -> None:
+        tape.records.clear()
+        tape.tracked.clear()
+        tape.watched_tensors.clear()
+        tape.watched_variables.clear()
+        tape.used = False
+        self._collect(s)
+
+    def delete_tape(self, s: Session, tape_id: str) -> None:
+        self.tape(s, tape_id)
+        del s.tapes[tape_id]
+        self._collect(s)
+
+    def describe_tape(self, s: Session, tape: Tape) -> dict[str, Any]:
+        watched = [n for n, b in s.names.items()
+                   if (b.variable is not None and b.variable in tape.watched_variables)
+                   or (b.tensor is not None and b.tensor in tape.watched_tensors)]
+        return {"tape_id": tape.tape_id, "persistent": tape.persistent,
+                "recording": tape.recording, "stopped": tape.stopped, "paused": tape.paused,
+                "watch_accessed_variables": tape.watch_accessed_variables,
+                "watched": watched, "ops_recorded": len(tape.records), "used": tape.used}
+
+    # ----- derivatives -----
+
+    def gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                 output_gradients: Any = None, unconnected: str = "none",
+                 save_as: Mapping[str, str] | None = None) -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources)
+        if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
+            output_gradients = output_gradients[target]  # {target: tensor} for the one target
+        save_as = dict(save_as or {})
+        for label in save_as:
+            if label not in sources:
+                raise InvalidGraph(f"save_as names {label!r}, which is not a source",
+                                   loc=("save_as", label))
+        grads: dict[str, Any] = {label: None for label in sources}
+        if query.live:
+            out = self.engine.gradient(query.bound, query.replay.target, query.live_names,
+                                       output_gradients, "none")
+            for label, name in query.live.items():
+                grads[label] = out["gradients"][name]
+        elif output_gradients is not None and query.bound is not None:
+            self.engine.gradient(query.bound, query.replay.target, [], output_gradients)
+        grads = {label: g if g is not None else self._zeros(s, query, label, (), unconnected)
+                 for label, g in grads.items()}
+        if save_as:
+            self._save(s, tape, query, grads, save_as, output_gradients is not None)
+        self._use(s, tape)
+        return {"gradients": grads}
+
+    def jacobian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                 unconnected: str = "none", batch: bool = False) -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources)
+        tshape = tuple(self._value(s, target).shape)
+        if batch:
+            self._check_batch(s, target, sources, tshape)
+        jac: dict[str, Any] = {label: None for label in sources}
+        value: Any = self._value(s, target)
+        if query.live:
+            out = self.engine.jacobian(query.bound, query.replay.target, query.live_names)
+            value = out["value"]
+            for label, name in query.live.items():
+                jac[label] = out["jacobian"][name]
+        for label in sources:
+            block = jac[label] if jac[label] is not None else \
+                self._zeros(s, query, label, tshape, unconnected)
+            jac[label] = _batch_diagonal(block, len(tshape)) if batch and block is not None \
+                else block
+        self._use(s, tape)
+        return {"value": value, "jacobian": jac}
+
+    def hvp(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+            vectors: Mapping[str, Any], unconnected: str = "none") -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources, scalar="hvp")
+        for label in sources:
+            if label not in vectors:
+                raise InvalidGraph(f"no vector for source {label!r}: vectors needs one tensor "
+                                   "per source, shaped like it", loc=("vectors",))
+        grads: dict[str, Any] = {label: None for label in sources}
+        hvps: dict[str, Any] = {label: None for label in sources}
+        value: Any = self._value(s, target)
+        if query.live:
+            vecs = {name: vectors[label] for label, name in query.live.items()}
+            out = self.engine.hvp(query.bound, query.replay.target, query.live_names, vecs)
+            value = out["value"]
+            for label, name in query.live.items():
+                grads[label], hvps[label] = out["gradients"][name], out["hvp"][name]
+        self._use(s, tape)
+        return {"value": value,
+                "gradients": {k: v if v is not None else
+                              self._zeros(s, query, k, (), unconnected) for k, v in grads.items()},
+                "hvp": {k: v if v is not None else self._zeros(s, query, k, (), unconnected)
+                        for k, v in hvps.items()}}
+
+    def hessian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                unconnected: str = "none") -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources, scalar="hessian")
+        value: Any = self._value(s, target)
+        grads: dict[str, Any] = {label: None for label in sources}
+        hess: dict[str, dict[str, Any]] = {a: {b: None for b in sources} for a in sources}
+        if query.live:
+            out = self.engine.hessian(query.bound, query.replay.target, query.live_names)
+            value = out["value"]
+            for a, na in query.live.items():
+                grads[a] = out["gradients"][na]
+                for b, nb in query.live.items():
+                    hess[a][b] = out["hessian"][na][nb]
+        for a in sources:
+            if grads[a] is None:
+                grads[a] = self._zeros(s, query, a, (), unconnected)
+            for b in sources:
+                if hess[a][b] is None and unconnected == "zero" and \
+                        query.floats[a] and query.floats[b]:
+                    hess[a][b] = np.zeros(query.specs[a].shape + query.specs[b].shape,
+                                          query.specs[b].dtype)
+        self._use(s, tape)
+        return {"value": value, "gradients": grads, "hessian": hess}
+
+    # ----- helpers -----
+
+    def _prepare(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                 scalar: str | None = None) -> _TapeQuery:
+        if tape.used and not tape.persistent:
+            raise Conflict(f"tape {tape.tape_id!r} is not persistent and has already answered "
+                           "once; open the tape with \"persistent\": true to ask it more than "
+                           "once")
+        target_binding = self._binding(s, target, ("target",))
+        target_tid = self._tid(s, target_binding)
+        tvalue = s.values[target_tid]
+        if not is_float(tvalue.dtype):
+            raise InvalidGraph(f"target {target!r} is {tvalue.dtype.name}; gradients need a "
+                               "floating-point target (cast it first)", loc=("target",))
+        if scalar and tvalue.shape != ():
+            raise InvalidGraph(f"{scalar} needs a scalar target, but {target!r} has shape "
+                               f"{list(tvalue.shape)}; reduce it to a scalar (sum, mean) or "
+                               "use jacobian", loc=("target",))
+        if not sources:
+            raise InvalidGraph("sources is empty: name the tensors to differentiate with "
+                               "respect to", loc=("sources",))
+        specs: dict[str, SourceSpec] = {}
+        tracked: dict[str, bool] = {}
+        arg_tids = {a for rec in tape.records for a in rec.args if isinstance(a, int)}
+        for i, label in enumerate(sources):
+            if label in specs:
+                raise InvalidGraph(f"source {label!r} is listed twice", loc=("sources", i))
+            binding = self._binding(s, label, ("sources", i))
+            value = s.values[self._tid(s, binding)]
+            if binding.variable is not None:
+                var = s.variables[binding.variable]
+                versions = tuple(sorted({t for t in arg_tids
+                                         if s.version_of.get(t) == var.handle} | {var.current}))
+                specs[label] = SourceSpec(label, tuple(value.shape), value.dtype.name,
+                                          variable=var.handle, versions=versions)
+                tracked[label] = var.handle in tape.watched_variables or \
+                    any(v in tape.tracked for v in versions)
+            else:
+                tid = self._tid(s, binding)
+                specs[label] = SourceSpec(label, tuple(value.shape), value.dtype.name,
+                                          tensor=tid)
+                tracked[label] = tid in tape.tracked
+        floats = {label: is_float(np.dtype(spec.dtype)) for label, spec in specs.items()}
+        handle = target_binding.variable
+        if not tape.tracks(target_tid, handle):
+            return _TapeQuery(None, None, {}, specs, floats, target_tid)
+        candidates = [specs[label] for label in sources if tracked[label] and floats[label]]
+        rep = replay.build(tape.records, target_tid, candidates)
+        values = {name: s.values[tid] for name, tid in rep.input_tids.items()}
+        values.update((n, np.zeros(shape, dtype)) for n, (shape, dtype) in rep.zeros.items()
+                      if n not in rep.input_tids and n.startswith("eps"))
+        bound = self.engine.bind_values(rep.program, values)
+        bound.labels.update({rep.target: target})
+        named = {label: rep.sources[label] for label in rep.sources
+                 if rep.sources[label] is not None}
+        connected = rep.program.connected((rep.target,), named.values(), bound.is_float)
+        live = {label: name for label, name in named.items() if name in connected}
+        bound.labels.update({name: label for label, name in live.items()})
+        return _TapeQuery(bound, rep, live, specs, floats, target_tid)
+
+    def _save(self, s: Session, tape: Tape, query: _TapeQuery, grads: Mapping[str, Any],
+              save_as: Mapping[str, str], with_cotangents: bool) -> None:
+        for label, name in save_as.items():
+            if grads[label] is None:
+                raise InvalidGraph(f"the gradient for {label!r} is null (the source is not "
+                                   "watched or not connected), so there is nothing to save; "
+                                   "ask with \"unconnected_gradients\": \"zero\" to save zeros",
+                                   loc=("save_as", label))
+        self.byte_budget(s, sum(np.asarray(grads[label]).nbytes for label in save_as))
+        saved: dict[str, TensorId] = {}
+        for label, name in save_as.items():
+            saved[label] = self._store(s, np.asarray(grads[label]))
+            s.names[name] = Binding(tensor=saved[label])
+        if query.replay is not None and query.live:
+            others = [t for t in s.tapes.values() if t is not tape and t.recording]
+            if others and with_cotangents:
+                raise InvalidGraph("output_gradients with save_as while another tape records "
+                                   "cannot be recorded; save the gradient without "
+                                   "output_gradients", loc=("output_gradients",))
+            outs = tuple(saved.get(label) or s.new_id() for label in query.live)
+            spec = GradientSpec(tuple(replay.prune(tape.records, [query.target_tid])),
+                                query.target_tid, tuple(query.specs[x] for x in query.live))
+            args = tuple(query.replay.input_tids.values())
+            self._record(s, Record("gradient", (("spec", spec),), args, outs, "gradient"))
+        self._collect(s)
+
+    def _use(self, s: Session, tape: Tape) -> None:
+        tape.used = True
+        if not tape.persistent:  # as TensorFlow, a used non-persistent tape lets go
+            tape.records.clear()
+            self._collect(s)
+
+    def _zeros(self, s: Session, query: _TapeQuery, label: str, prefix: tuple[int, ...],
+               unconnected: str) -> Any:
+        spec = query.specs[label]
+        if unconnected != "zero" or not query.floats[label]:
+            return None
+        return np.zeros(prefix + spec.shape, spec.dtype)
+
+    def _check_batch(self, s: Session, target: str, sources: Sequence[str],
+                     tshape: tuple[int, ...]) -> None:
+        if not tshape:
+            raise InvalidGraph("batch_jacobian needs a target with a batch axis first",
+                               loc=("target",))
+        for i, label in enumerate(sources):
+            shape = self._value(s, label).shape
+            if not shape or shape[0] != tshape[0]:
+                raise InvalidGraph(f"batch_jacobian needs source {label!r} to share the "
+                                   f"target's batch size {tshape[0]} on axis 0; it has shape "
+                                   f"{list(shape)}", loc=("sources", i))
+
+    def _binding(self, s: Session, name: Any, loc: tuple[str | int, ...]) -> Binding:
+        binding = s.names.get(name) if isinstance(name, str) else None
+        if binding is None:
+            raise InvalidGraph(f"{name!r} is not a tensor of this session; PUT it or compute "
+                               "it with run first", loc=loc)
+        return binding
+
+    def _value(self, s: Session, name: str) -> np.ndarray:
+        return s.values[self._tid(s, s.names[name])]
+
+    @staticmethod
+    def _tid(s: Session, binding: Binding) -> TensorId:
+        if binding.variable is not None:
+            return s.variables[binding.variable].current
+        assert binding.tensor is not None
+        return binding.tensor
+
+    @staticmethod
+    def _store(s: Session, value: np.ndarray) -> TensorId:
+        tid = s.new_id()
+        s.values[tid] = value
+        return tid
+
+    @staticmethod
+    def _collect(s: Session) -> None:
+        """Drop values that no name, variable or tape record needs."""
+        handles = {b.variable for b in s.names.values() if b.variable is not None}
+        for h in list(s.variables):
+            if h not in handles:
+                del s.variables[h]
+        keep = {b.tensor for b in s.names.values() if b.tensor is not None}
+        keep.update(v.current for v in s.variables.values())
+        for tape in s.tapes.values():
+            for rec in tape.records:
+                keep.update(a for a in rec.args if isinstance(a, int))
+        for tid in [t for t in s.values if t not in keep]:
+            del s.values[tid]
+        for tid in [t for t in s.version_of if t not in keep]:
+            del s.version_of[tid]
+
+
+@dataclass
+class _TapeQuery:
+    bound: Bound | None
+    replay: replay.Replay | None
+    live: dict[str, str]  # source label -> program name, for connected float sources
+    specs: dict[str, SourceSpec]
+    floats: dict[str, bool]
+    target_tid: TensorId
+
+    @property
+    def live_names(self) -> list[str]:
+        return list(self.live.values())
+
+
+def _batch_diagonal(jac: np.ndarray, target_ndim: int) -> np.ndarray:
+    """[B, t..., B, s...] -> [B, t..., s...]: TensorFlow's batch_jacobian, examples being
+    independent."""
+    jac = np.asarray(jac)
+    batch = jac.shape[0]
+    moved = np.moveaxis(jac, target_ndim, 1)  # [B, B, t..., s...]
+    return moved[np.arange(batch), np.arange(batch)]
+
+
+@dataclass
+class _Step:
+    op: str
+    attrs: tuple[tuple[str, Any], ...]
+    args: tuple[str | Const, ...]  # program names or scalar constants
+    outs: tuple[str, ...]
+    ids: tuple[str, ...]
+    label: str
+    assigns: Handle | None = None
+
+
+class _RunPlan:
+    """Turns a list of session nodes into one Program over canonical names."""
+
+    def __init__(self, s: Session, max_elements: int):
+        self.s = s
+        self.max_elements = max_elements
+        self.input_tids: dict[str, TensorId] = {}
+        self._local_of_tid: dict[TensorId, str] = {}
+        self.overlay: dict[str, str] = {}  # name -> program name bound in this run
+        self.overlay_var: dict[str, Handle] = {}
+        self.pending_version: dict[Handle, str] = {}
+        self.literals: list[Any] = []
+        self.eqns: list[Eqn] = []
+        self.steps: list[_Step] = []
+        self.new_constants: dict[TensorId, np.ndarray] = {}
+        self.result_names: list[str] = []
+        self._count = 0
+
+    def _fresh(self) -> str:
+        self._count += 1
+        return f"v{self._count}"
+
+    def _input(self, tid: TensorId) -> str:
+        if tid not in self._local_of_tid:
+            name = f"in{len(self.input_tids)}"
+            self._local_of_tid[tid] = name
+            self.input_tids[name] = tid
+        return self._local_of_tid[tid]
+
+    def _resolve(self, name: str, label: str, loc: tuple[str | int, ...]) -> tuple[str,
+                                                                                   Handle | None]:
+        if name in self.overlay:
+            return self.overlay[name], None
+        handle = self.overlay_var.get(name)
+        binding = self.s.names.get(name)
+        if handle is None and binding is not None:
+            handle = binding.variable
+        if handle is not None:
+            if handle in self.pending_version:
+                return self.pending_version[handle], handle
+            return self._input(self.s.variables[handle].current), handle
+        if binding is None:
+            raise InvalidGraph(f"undefined name {name!r}: PUT it as a tensor or compute it in "
+                               "an earlier node", node=label, loc=loc)
+        assert binding.tensor is not None
+        return self._input(binding.tensor), None
+
+    def add(self, node: Mapping[str, Any], i: int) -> None:
+        loc: tuple[str | int, ...] = ("nodes", i)
+        if not isinstance(node, Mapping):
+            raise InvalidGraph("a node is an object with id, op and args", loc=loc)
+        assign = ASSIGN_OPS.get(node.get("op", ""))
+        if assign is not None:
+            self._add_assign(node, i, assign, loc)
+            return
+        res = resolve_node(node, loc, i)
+        args: list[str | Const] = []
+        prog_args: list[str | int] = []
+        for j, arg in enumerate(res.args):
+            if isinstance(arg, str):
+                local, _ = self._resolve(arg, res.node, (*loc, "args", j))
+                args.append(local)
+                prog_args.append(local)
+            elif isinstance(arg, bool | int | float):
+                args.append(Const(arg))
+                self.literals.append(arg)
+                prog_args.append(len(self.literals) - 1)
+            else:
+                value = decode_literal(arg, (*loc, "args", j), self.max_elements)
+                tid = self.s.new_id()
+                self.new_constants[tid] = value
+                local = self._input(tid)
+                args.append(local)
+                prog_args.append(local)
+        outs = tuple(self._fresh() for _ in res.outs)
+        self.eqns.append(Eqn(res.op, res.attrs, tuple(prog_args), outs, res.node))
+        self.steps.append(_Step(res.op.name, res.attrs, tuple(args), outs, res.outs, res.node))
+        for name, local in zip(res.outs, outs, strict=True):
+            self.overlay[name] = local
+            self.overlay_var.pop(name, None)
+            self.result_names.append(name)
+
+    def _add_assign(self, node: Mapping[str, Any], i: int, assign: Assign,
+                    loc: tuple[str | int, ...]) -> None:
+        label = node_label(node, i)
+        ident, args = node.get("id"), node.get("args", [])
+        if not isinstance(ident, str) or not ident:
+            raise InvalidGraph("node id must be a non-empty string", node=label,
+                               loc=(*loc, "id"))
+        if not isinstance(args, list) or len(args) != 2:
+            raise InvalidGraph(f"{assign.name} takes 2 arguments (the variable, the value)",
+                               node=label, loc=(*loc, "args"))
+        check_attrs_none(node, label, loc)
+        target = args[0]
+        handle = None
+        if isinstance(target, str) and target not in self.overlay:
+            handle = self.overlay_var.get(target)
+            binding = self.s.names.get(target)
+            if handle is None and binding is not None:
+                handle = binding.variable
+        if handle is None:
+            raise InvalidGraph(f"{assign.name} needs a variable as its first argument; "
+                               f"{target!r} is not one (PUT it with \"variable\": true)",
+                               node=label, loc=(*loc, "args", 0))
+        var_local, _ = self._resolve(target, label, (*loc, "args", 0))
+        value = args[1]
+        if isinstance(value, str):
+            value_arg: str | int = self._resolve(value, label, (*loc, "args", 1))[0]
+        elif isinstance(value, bool | int | float):
+            self.literals.append(value)
+            value_arg = len(self.literals) - 1
+        else:
+            const = decode_literal(value, (*loc, "args", 1), self.max_elements)
+            tid = self.s.new_id()
+            self.new_constants[tid] = const
+            value_arg = self._input(tid)
+        out = self._fresh()
+        self.eqns.append(Eqn(assign, (), (var_local, value_arg), (out,), label))
+        self.steps.append(_Step(assign.name, (), (), (out,), (ident,), ident, assigns=handle))
+        self.pending_version[handle] = out
+        self.overlay.pop(ident, None)
+        self.overlay_var[ident] = handle
+        self.result_names.append(ident)
+
+    def program(self) -> Program:
+        outs = tuple(o for e in self.eqns for o in e.outs)
+        return Program(tuple(self.input_tids), tuple(self.eqns), outs, tuple(self.literals))
+
+    def input_values(self) -> dict[str, np.ndarray]:
+        return {name: self.new_constants.get(tid, self.s.values.get(tid))  # type: ignore[misc]
+                for name, tid in self.input_tids.items()}
+
+
+def check_attrs_none(node: Mapping[str, Any], label: str, loc: tuple[str | int, ...]) -> None:
+    if node.get("attrs"):
+        raise InvalidGraph("assign ops take no attributes", node=label, loc=(*loc, "attrs"))
+
