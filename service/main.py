@@ -17,7 +17,7 @@ from service.config import Settings
 from service.metrics import MetricsMiddleware
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from service.responses import FastJSONResponse
-from service.routes import differentiation, graphs, health, ops
+from service.routes import differentiation, graphs, health, ops, sessions, tapes
 from service.state import Services
 
 DESCRIPTION = """\
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for router in (health.router, ops.router, graphs.router, differentiation.router):
+    for router in (health.router, ops.router, graphs.router, differentiation.router,
+                   sessions.router, tapes.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,6 +18,9 @@ from engine.errors import EngineError
 from engine.interpreter import TypeCache
 from engine.program import Program
 from engine.registry import GraphRegistry
+from engine.sessions.runtime import SessionRuntime
+from engine.sessions.state import Session
+from engine.sessions.store import InMemorySessionStore, SessionStore, StoreLimits
 from engine.tensors import encode
 from service.config import Settings
 from service.metrics import Metrics
@@ -28,9 +34,12 @@ class Services:
     engine: Engine
     registry: GraphRegistry
     metrics: Metrics
+    sessions: SessionStore
+    runtime: SessionRuntime
+    _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Services:
         metrics = Metrics()
         cache = CompileCache(settings.compile_cache_size, settings.jit_after,
                              on_compile=metrics.compile_time.observe)
@@ -38,13 +47,38 @@ class Services:
         limits = Limits(max_nodes=settings.max_nodes, max_elements=settings.max_elements)
         engine = Engine(limits, cache, TypeCache())
         registry = GraphRegistry(settings.max_graphs, settings.max_nodes, settings.max_elements)
-        return cls(settings, engine, registry, metrics)
+        store = InMemorySessionStore(StoreLimits(
+            default_ttl=settings.session_ttl_seconds, max_ttl=settings.session_max_ttl_seconds,
+            max_sessions=settings.max_sessions, session_max_bytes=settings.session_max_bytes,
+            total_max_bytes=settings.total_session_bytes), clock=clock)
+        metrics.sessions.set_function(lambda: len(store))
+        return cls(settings, engine, registry, metrics, store,
+                   SessionRuntime(engine, store.check_bytes))
 
     async def start(self) -> None:
-        pass
+        self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
-        pass
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            self.sessions.sweep()
+
+    async def in_session(self, session_id: str, work: Callable[[Session], T], *,
+                         body_bytes: int = 0, compute: bool = False) -> T:
+        """Run `work` on the session while holding its lock: one request at a time per
+        session. `compute` work (running ops, derivatives) goes to a worker thread unless
+        the request is small."""
+        async with self.sessions.lock(session_id):
+            session = self.sessions.get(session_id)
+            if not compute:
+                return work(session)
+            return await self.run(lambda: work(session), hot=True, body_bytes=body_bytes)
 
     def program(self, graph: Any, graph_id: str | None) -> Program:
         """The Program of an inline graph or a registered one."""

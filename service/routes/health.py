@@ -34,7 +34,8 @@ async def info(svc: ServicesDep) -> dict[str, Any]:
         "backend": "gpu" if backend in ("gpu", "cuda", "rocm") else backend,
         "devices": [{"id": d.id, "platform": d.platform, "kind": d.device_kind}
                     for d in jax.devices()],
-        "session_store": svc.sessions.kind if hasattr(svc, "sessions") else None,
+        "session_store": svc.sessions.kind,
+        "sessions": len(svc.sessions),
         "limits": {
             "max_body_bytes": s.max_body_bytes,
             "max_nodes": s.max_nodes,

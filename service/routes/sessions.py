@@ -1,0 +1,80 @@
+"""Sessions: an eager workspace of named tensors and variables, held on the server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from service.deps import BodyBytes, ServicesDep
+from service.responses import FastJSONResponse
+from service.schemas.sessions import (
+    CreateSession,
+    PutTensor,
+    RunRequest,
+    SessionCreated,
+    SessionInfo,
+    TensorInfo,
+    Values,
+)
+from service.schemas.tensors import TensorOut
+from service.state import encode_tree
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+@router.post("", status_code=201, response_model=SessionCreated)
+async def create_session(svc: ServicesDep, body: CreateSession | None = None) -> Any:
+    session = svc.sessions.create(body.ttl_seconds if body else None)
+    return SessionCreated(session_id=session.session_id, expires_at=iso(session.expires_at),
+                          ttl_seconds=session.ttl_seconds)
+
+
+@router.get("/{session_id}", response_model=SessionInfo)
+async def get_session(session_id: str, svc: ServicesDep) -> Any:
+    info = await svc.in_session(session_id, svc.runtime.describe)
+    return {**info, "expires_at": iso(info["expires_at"])}
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, svc: ServicesDep) -> Response:
+    async with svc.sessions.lock(session_id):
+        svc.sessions.delete(session_id)
+    return Response(status_code=204)
+
+
+@router.put("/{session_id}/tensors/{name}", response_model=TensorInfo)
+async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesDep,
+                     size: BodyBytes) -> Any:
+    """Bind `name` to a constant or a variable."""
+    value = await svc.in_session(session_id, lambda s: svc.runtime.put_tensor(
+        s, name, body.value, body.variable, body.trainable), body_bytes=size)
+    return TensorInfo(name=name, dtype=value.dtype.name, shape=list(value.shape),
+                      variable=body.variable, trainable=body.trainable and body.variable)
+
+
+@router.get("/{session_id}/tensors/{name}", response_model=TensorOut)
+async def get_tensor(session_id: str, name: str, svc: ServicesDep,
+                     encoding: str = "json") -> Any:
+    value = await svc.in_session(session_id, lambda s: svc.runtime.get_tensor(s, name))
+    return FastJSONResponse(encode_tree(value, encoding == "base64"))
+
+
+@router.delete("/{session_id}/tensors/{name}", status_code=204)
+async def delete_tensor(session_id: str, name: str, svc: ServicesDep) -> Response:
+    await svc.in_session(session_id, lambda s: svc.runtime.delete_tensor(s, name))
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/run", response_model=Values)
+async def run(session_id: str, body: RunRequest, svc: ServicesDep, size: BodyBytes) -> Any:
+    """Run nodes eagerly, in order; tapes that are recording record them."""
+    nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
+    values = await svc.in_session(session_id, lambda s: svc.runtime.run(
+        s, nodes, body.fetch, svc.settings.max_nodes), body_bytes=size, compute=True)
+    return FastJSONResponse({"values": encode_tree(values, body.encoding == "base64")})

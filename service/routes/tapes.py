@@ -1,0 +1,148 @@
+"""Tapes: GradientTape, held in a session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from engine.sessions.state import Session
+from service.deps import BodyBytes, ServicesDep
+from service.responses import FastJSONResponse
+from service.schemas.differentiation import HessianResponse, HvpResponse, JacobianResponse
+from service.schemas.sessions import (
+    Gradients,
+    OpenTape,
+    TapeCreated,
+    TapeGradient,
+    TapeHvp,
+    TapeInfo,
+    TapeQuery,
+    Watch,
+)
+from service.state import Services, encode_tree
+
+router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"])
+
+
+@router.post("", status_code=201, response_model=TapeCreated)
+async def open_tape(session_id: str, svc: ServicesDep, body: OpenTape | None = None) -> Any:
+    """Open a tape; it records from now on (the start of TensorFlow's `with` block)."""
+    body = body or OpenTape()
+    tape = await svc.in_session(session_id, lambda s: svc.runtime.open_tape(
+        s, body.persistent, body.watch_accessed_variables))
+    return TapeCreated(tape_id=tape.tape_id)
+
+
+@router.get("/{tape_id}", response_model=TapeInfo)
+async def get_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    return await svc.in_session(session_id, lambda s: svc.runtime.describe_tape(
+        s, svc.runtime.tape(s, tape_id)))
+
+
+@router.delete("/{tape_id}", status_code=204)
+async def delete_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Response:
+    await svc.in_session(session_id, lambda s: svc.runtime.delete_tape(s, tape_id))
+    return Response(status_code=204)
+
+
+@router.post("/{tape_id}/watch", response_model=TapeInfo)
+async def watch(session_id: str, tape_id: str, body: Watch, svc: ServicesDep) -> Any:
+    """Watch constants (trainable variables are watched when used)."""
+    def work(s: Session) -> Any:
+        tape = svc.runtime.tape(s, tape_id)
+        svc.runtime.watch(s, tape, body.tensors)
+        return svc.runtime.describe_tape(s, tape)
+
+    return await svc.in_session(session_id, work)
+
+
+def _set_state(svc: Services, session_id: str, tape_id: str, **state: bool) -> Any:
+    def work(s: Session) -> Any:
+        tape = svc.runtime.tape(s, tape_id)
+        for key, value in state.items():
+            setattr(tape, key, value)
+        return svc.runtime.describe_tape(s, tape)
+
+    return svc.in_session(session_id, work)
+
+
+@router.post("/{tape_id}/stop", response_model=TapeInfo)
+async def stop(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    """Stop recording for good (the end of the `with` block); gradients can still be asked."""
+    return await _set_state(svc, session_id, tape_id, stopped=True)
+
+
+@router.post("/{tape_id}/pause", response_model=TapeInfo)
+async def pause(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    """Stop recording until resumed (`stop_recording`)."""
+    return await _set_state(svc, session_id, tape_id, paused=True)
+
+
+@router.post("/{tape_id}/resume", response_model=TapeInfo)
+async def resume(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    return await _set_state(svc, session_id, tape_id, paused=False)
+
+
+@router.post("/{tape_id}/reset", response_model=TapeInfo)
+async def reset(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    """Forget everything recorded and watched."""
+    def work(s: Session) -> Any:
+        tape = svc.runtime.tape(s, tape_id)
+        svc.runtime.reset(s, tape)
+        return svc.runtime.describe_tape(s, tape)
+
+    return await svc.in_session(session_id, work)
+
+
+async def _ask(svc: Services, session_id: str, tape_id: str, size: int, base64: bool,
+               query: Any) -> FastJSONResponse:
+    result = await svc.in_session(
+        session_id, lambda s: query(s, svc.runtime.tape(s, tape_id)), body_bytes=size,
+        compute=True)
+    return FastJSONResponse(encode_tree(result, base64))
+
+
+@router.post("/{tape_id}/gradient", response_model=Gradients)
+async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: ServicesDep,
+                   size: BodyBytes) -> Any:
+    """Gradient of target with respect to sources; `save_as` keeps the results."""
+    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+                      lambda s, t: svc.runtime.gradient(
+                          s, t, body.target, body.sources, body.output_gradients,
+                          body.unconnected_gradients, body.save_as))
+
+
+@router.post("/{tape_id}/jacobian", response_model=JacobianResponse)
+async def jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
+                   size: BodyBytes) -> Any:
+    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+                      lambda s, t: svc.runtime.jacobian(
+                          s, t, body.target, body.sources, body.unconnected_gradients))
+
+
+@router.post("/{tape_id}/batch_jacobian", response_model=JacobianResponse)
+async def batch_jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
+                         size: BodyBytes) -> Any:
+    """Per-example Jacobians: [batch, target..., source...] (examples independent)."""
+    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+                      lambda s, t: svc.runtime.jacobian(
+                          s, t, body.target, body.sources, body.unconnected_gradients,
+                          batch=True))
+
+
+@router.post("/{tape_id}/hvp", response_model=HvpResponse)
+async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
+              size: BodyBytes) -> Any:
+    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+                      lambda s, t: svc.runtime.hvp(
+                          s, t, body.target, body.sources, body.vectors,
+                          body.unconnected_gradients))
+
+
+@router.post("/{tape_id}/hessian", response_model=HessianResponse)
+async def hessian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
+                  size: BodyBytes) -> Any:
+    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+                      lambda s, t: svc.runtime.hessian(
+                          s, t, body.target, body.sources, body.unconnected_gradients))
