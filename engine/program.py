@@ -20,9 +20,14 @@ import numpy as np
 class Primitive(Protocol):
     """What the interpreter needs of an op: apply it, and know if gradients pass through."""
 
-    name: str
-    differentiable: bool
-    multi_output: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def differentiable(self) -> bool: ...
+
+    @property
+    def multi_output(self) -> bool: ...
 
     def bind(self, *args: Any, **attrs: Any) -> Any: ...
 

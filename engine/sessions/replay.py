@@ -24,6 +24,7 @@ from engine.program import Eqn, Program
 from engine.sessions.state import Const, GradientSpec, Record, SourceSpec, TensorId
 from engine.transforms import BUILDERS, Query
 
+
 @dataclass
 class Replay:
     """A Program plus the mapping between its names and session tensors."""

@@ -36,7 +36,6 @@ from engine.sessions.state import (
     Variable,
 )
 from engine.tensors import decode
-from engine.transforms import Query
 
 
 @dataclass(frozen=True)
@@ -240,12 +239,12 @@ class SessionRuntime:
                                    loc=("save_as", label))
         grads: dict[str, Any] = {label: None for label in sources}
         if query.live:
-            out = self.engine.gradient(query.bound, query.replay.target, query.live_names,
+            out = self.engine.gradient(*query.ready, query.live_names,
                                        output_gradients, "none")
             for label, name in query.live.items():
                 grads[label] = out["gradients"][name]
         elif output_gradients is not None and query.bound is not None:
-            self.engine.gradient(query.bound, query.replay.target, [], output_gradients)
+            self.engine.gradient(*query.ready, [], output_gradients)
         grads = {label: g if g is not None else self._zeros(s, query, label, (), unconnected)
                  for label, g in grads.items()}
         if save_as:
@@ -262,7 +261,7 @@ class SessionRuntime:
         jac: dict[str, Any] = {label: None for label in sources}
         value: Any = self._value(s, target)
         if query.live:
-            out = self.engine.jacobian(query.bound, query.replay.target, query.live_names)
+            out = self.engine.jacobian(*query.ready, query.live_names)
             value = out["value"]
             for label, name in query.live.items():
                 jac[label] = out["jacobian"][name]
@@ -286,7 +285,7 @@ class SessionRuntime:
         value: Any = self._value(s, target)
         if query.live:
             vecs = {name: vectors[label] for label, name in query.live.items()}
-            out = self.engine.hvp(query.bound, query.replay.target, query.live_names, vecs)
+            out = self.engine.hvp(*query.ready, query.live_names, vecs)
             value = out["value"]
             for label, name in query.live.items():
                 grads[label], hvps[label] = out["gradients"][name], out["hvp"][name]
@@ -304,7 +303,7 @@ class SessionRuntime:
         grads: dict[str, Any] = {label: None for label in sources}
         hess: dict[str, dict[str, Any]] = {a: {b: None for b in sources} for a in sources}
         if query.live:
-            out = self.engine.hessian(query.bound, query.replay.target, query.live_names)
+            out = self.engine.hessian(*query.ready, query.live_names)
             value = out["value"]
             for a, na in query.live.items():
                 grads[a] = out["gradients"][na]
@@ -374,8 +373,7 @@ class SessionRuntime:
                       if n not in rep.input_tids and n.startswith("eps"))
         bound = self.engine.bind_values(rep.program, values)
         bound.labels.update({rep.target: target})
-        named = {label: rep.sources[label] for label in rep.sources
-                 if rep.sources[label] is not None}
+        named = {label: name for label, name in rep.sources.items() if name is not None}
         connected = rep.program.connected((rep.target,), named.values(), bound.is_float)
         live = {label: name for label, name in named.items() if name in connected}
         bound.labels.update({name: label for label, name in live.items()})
@@ -383,7 +381,7 @@ class SessionRuntime:
 
     def _save(self, s: Session, tape: Tape, query: _TapeQuery, grads: Mapping[str, Any],
               save_as: Mapping[str, str], with_cotangents: bool) -> None:
-        for label, name in save_as.items():
+        for label in save_as:
             if grads[label] is None:
                 raise InvalidGraph(f"the gradient for {label!r} is null (the source is not "
                                    "watched or not connected), so there is nothing to save; "
@@ -481,6 +479,12 @@ class _TapeQuery:
     specs: dict[str, SourceSpec]
     floats: dict[str, bool]
     target_tid: TensorId
+
+    @property
+    def ready(self) -> tuple[Bound, str]:
+        """The replay's bound program and target name (set when the target is on the tape)."""
+        assert self.bound is not None and self.replay is not None
+        return self.bound, self.replay.target
 
     @property
     def live_names(self) -> list[str]:
