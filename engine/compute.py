@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,20 @@ from engine.interpreter import Aval, TypeCache
 from engine.program import Program, literal_type
 from engine.tensors import decode
 from engine.transforms import BUILDERS, Query
+
+inline_limit: ContextVar[int | None] = ContextVar("inline_limit", default=None)
+"""When set (by a caller on an event loop), queries that are not already compiled, or whose
+inputs hold more elements than this, raise `Offload` instead of running."""
+
+
+class Offload(Exception):
+    """This query is not a cheap dispatch; run it where it may block (a worker thread)."""
+
+
+def _check_inline(compiled: bool, elements: int) -> None:
+    limit = inline_limit.get()
+    if limit is not None and (not compiled or elements > limit):
+        raise Offload
 
 
 @dataclass(frozen=True)
@@ -63,12 +78,6 @@ class Engine:
         self.limits = limits if limits is not None else Limits()
         self.cache = cache if cache is not None else CompileCache()
         self.types = types if types is not None else TypeCache()
-        self._hot: dict[str, None] = {}
-
-    def is_hot(self, program: Program) -> bool:
-        """Whether a query on this structure has been compiled: a cheap hint that the next
-        call on it costs a dispatch, not a trace."""
-        return program.structure_key in self._hot
 
     # ----- binding -----
 
@@ -97,6 +106,8 @@ class Engine:
 
     def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
         avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
+        if inline_limit.get() is not None:
+            _check_inline(self.types.known(program, avals), 0)
         return Bound(program, values, self.types.infer(program, avals))
 
     # ----- queries -----
@@ -209,12 +220,11 @@ class Engine:
         program = bound.program
         key = (program.structure_key, query, _avals_key(bound.inputs), _avals_key(sources),
                _avals_key(extra), tuple(literal_type(v) for v in program.literals))
+        if inline_limit.get() is not None:
+            _check_inline(self.cache.is_compiled(key),
+                          sum(v.size for v in bound.inputs.values()))
         out = self.cache.call(key, lambda: BUILDERS[query.kind](program, query),
                               bound.inputs, program.literals, sources, extra)
-        if program.structure_key not in self._hot and self.cache.is_compiled(key):
-            self._hot[program.structure_key] = None
-            if len(self._hot) > 4 * self.cache.capacity:
-                self._hot.pop(next(iter(self._hot)))
         return jax.device_get(out)
 
     def _query(self, bound: Bound, kind: str, targets: tuple[str, ...],

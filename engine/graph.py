@@ -17,7 +17,7 @@ import orjson
 
 from engine.attrs import AttrError
 from engine.dtypes import DTYPES
-from engine.errors import InvalidGraph
+from engine.errors import InvalidGraph, TooLarge
 from engine.ops import Op, lookup, suggest
 from engine.program import Eqn, Program
 from engine.tensors import decode, encode, is_tensor_object
@@ -123,8 +123,8 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) 
     if not isinstance(nodes, list) or not nodes:
         raise InvalidGraph("a graph needs a non-empty list of nodes", loc=("nodes",))
     if len(nodes) > max_nodes:
-        raise InvalidGraph(f"the graph has {len(nodes)} nodes; the limit is {max_nodes} "
-                           "(GRADTAPE_MAX_NODES)", loc=("nodes",))
+        raise TooLarge(f"the graph has {len(nodes)} nodes; the limit is {max_nodes} "
+                       "(GRADTAPE_MAX_NODES)", loc=("nodes",))
     declared = graph.get("inputs")
     inputs, dtypes, shapes = _parse_inputs(declared)
     implicit_inputs = declared is None

@@ -75,10 +75,17 @@ class TypeCache:
         self.capacity = capacity
         self._entries: OrderedDict[Any, dict[str, Aval]] = OrderedDict()
 
+    @staticmethod
+    def _key(program: Program, input_avals: Mapping[str, Aval]) -> Any:
+        return (program.structure_key,
+                tuple((n, a.shape, a.dtype.name) for n, a in input_avals.items()))
+
+    def known(self, program: Program, input_avals: Mapping[str, Aval]) -> bool:
+        return self._key(program, input_avals) in self._entries
+
     def infer(self, program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
         """Shapes and dtypes of every name in `program`, or InvalidGraph naming the node."""
-        key = (program.structure_key,
-               tuple((n, a.shape, a.dtype.name) for n, a in input_avals.items()))
+        key = self._key(program, input_avals)
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)

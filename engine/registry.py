@@ -55,8 +55,7 @@ class GraphRegistry:
                 self._graphs.move_to_end(gid)
         if entry is None:
             raise NotFound(f"unknown graph_id {gid!r}: register the graph with POST /v1/graphs "
-                           "(registered graphs are kept in memory and may have been evicted)",
-                           loc=("graph_id",))
+                           "(registered graphs are kept in memory and may have been evicted)")
         return entry
 
     def __len__(self) -> int:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     inline_max_body_bytes: int = Field(
         16384, ge=0, description="requests up to this size whose query is already compiled "
         "run on the event loop; bigger or uncompiled ones run in a worker thread")
+    inline_max_elements: int = Field(
+        65536, ge=0, description="...and whose inputs hold at most this many elements")
 
     # sessions
     session_ttl_seconds: float = Field(900, gt=0, description="idle time before expiry")

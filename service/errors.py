@@ -66,7 +66,8 @@ class ApiError(Exception):
 async def engine_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, EngineError)
     status = STATUS.get(type(exc), 422)
-    errors = [{"loc": ["body", *exc.loc], "msg": exc.detail}] if exc.loc else None
+    loc = list(exc.loc) if exc.loc[:1] in (("path",), ("query",)) else ["body", *exc.loc]
+    errors = [{"loc": loc, "msg": exc.detail}] if exc.loc else None
     detail = exc.detail if exc.node is None else f"node {exc.node!r}: {exc.detail}"
     return problem(status, detail, title=exc.title, slug=exc.title.lower().replace(" ", "-"),
                    errors=errors, node=exc.node)

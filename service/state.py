@@ -13,7 +13,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from engine.cache import CompileCache
-from engine.compute import Bound, Engine, Limits
+from engine.compute import Bound, Engine, Limits, Offload, inline_limit
 from engine.errors import EngineError
 from engine.interpreter import TypeCache
 from engine.program import Program
@@ -78,12 +78,15 @@ class Services:
             session = self.sessions.get(session_id)
             if not compute:
                 return work(session)
-            return await self.run(lambda: work(session), hot=True, body_bytes=body_bytes)
+            return await self.run(lambda: work(session), body_bytes=body_bytes)
 
     def program(self, graph: Any, graph_id: str | None) -> Program:
         """The Program of an inline graph or a registered one."""
         if graph_id is not None:
-            return self.registry.get(graph_id).program
+            try:
+                return self.registry.get(graph_id).program
+            except EngineError as exc:
+                raise exc.with_loc("graph_id") from None
         try:
             return self.registry.parse(graph.plain())
         except EngineError as exc:
@@ -92,11 +95,20 @@ class Services:
     def bind(self, program: Program, inputs: dict[str, Any]) -> Bound:
         return self.engine.bind(program, inputs)
 
-    async def run(self, work: Callable[[], T], *, hot: bool, body_bytes: int) -> T:
-        """Run `work` on the event loop when it is known to be cheap (a compiled query on a
-        small request), else in a worker thread so that it cannot stall other requests."""
-        if hot and body_bytes <= self.settings.inline_max_body_bytes:
-            return work()
+    async def run(self, work: Callable[[], T], *, body_bytes: int) -> T:
+        """Run `work` on the event loop when it is cheap (a small request whose query is
+        already compiled, on small tensors): a thread hop would cost more than the work.
+        Anything else (decoding a big body, tracing, compiling, large inputs) runs in a
+        worker thread so that it cannot stall other requests; the engine says which by
+        raising `Offload` before it has changed anything."""
+        if body_bytes <= self.settings.inline_max_body_bytes:
+            token = inline_limit.set(self.settings.inline_max_elements)
+            try:
+                return work()
+            except Offload:
+                pass
+            finally:
+                inline_limit.reset(token)
         return await run_in_threadpool(work)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.compute import Bound, Engine
 from engine.dtypes import is_float
-from engine.errors import Conflict, InvalidGraph, NotFound
+from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge
 from engine.graph import decode_literal, node_label, resolve_node
 from engine.program import Eqn, Program
 from engine.sessions import replay
@@ -118,8 +118,8 @@ class SessionRuntime:
         if not nodes:
             raise InvalidGraph("nodes is empty: give at least one node", loc=("nodes",))
         if len(nodes) > max_nodes:
-            raise InvalidGraph(f"{len(nodes)} nodes; the limit is {max_nodes} "
-                               "(GRADTAPE_MAX_NODES)", loc=("nodes",))
+            raise TooLarge(f"{len(nodes)} nodes; the limit is {max_nodes} "
+                           "(GRADTAPE_MAX_NODES)", loc=("nodes",))
         plan = _RunPlan(s, self.engine.limits.max_elements)
         for i, node in enumerate(nodes):
             plan.add(node, i)

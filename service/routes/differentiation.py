@@ -37,8 +37,7 @@ async def _answer(svc: Services, req: GraphRequest, size: int,
     def work() -> Any:
         return encode_tree(query(svc.bind(program, req.inputs)), req.encoding == "base64")
 
-    hot = svc.engine.is_hot(program)
-    return FastJSONResponse(await svc.run(work, hot=hot, body_bytes=size))
+    return FastJSONResponse(await svc.run(work, body_bytes=size))
 
 
 @router.post("/evaluate", response_model=EvaluateResponse)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from engine.errors import EngineError
 from service.deps import ServicesDep
 from service.schemas.graphs import Graph, GraphCreated, GraphOut
 
@@ -26,7 +27,10 @@ async def register_graph(graph: Graph, svc: ServicesDep, response: Response) -> 
 @router.get("/{graph_id}", response_model=GraphOut)
 async def get_graph(graph_id: str, svc: ServicesDep) -> Any:
     """The registered graph, as it was sent."""
-    entry = svc.registry.get(graph_id)
+    try:
+        entry = svc.registry.get(graph_id)
+    except EngineError as exc:
+        raise exc.with_loc("path", "graph_id") from None
     program = entry.program
     return GraphOut(graph_id=entry.graph_id, inputs=list(program.inputs),
                     outputs=list(program.outputs), num_nodes=len(program.eqns),
