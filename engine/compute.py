@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.cache import CompileCache
 from engine.dtypes import is_float
-from engine.errors import InvalidGraph, InvalidTensor
+from engine.errors import InvalidGraph, InvalidTensor, TooLarge
 from engine.interpreter import Aval, TypeCache
 from engine.program import Program, literal_type
 from engine.tensors import decode
@@ -106,9 +106,23 @@ class Engine:
 
     def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
         avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
+        known = self.types.known(program, avals)
         if inline_limit.get() is not None:
-            _check_inline(self.types.known(program, avals), 0)
-        return Bound(program, values, self.types.infer(program, avals))
+            _check_inline(known, 0)
+        types = self.types.infer(program, avals)
+        if not known:
+            self._check_sizes(program, types)
+        return Bound(program, values, types)
+
+    def _check_sizes(self, program: Program, types: dict[str, Aval]) -> None:
+        limit = self.limits.max_elements
+        for eqn in program.eqns:
+            for out in eqn.outs:
+                size = math.prod(types[out].shape)
+                if size > limit:
+                    raise TooLarge(f"this node's result {out!r} would have {size} elements "
+                                   f"(shape {list(types[out].shape)}); the limit is {limit} "
+                                   "(GRADTAPE_MAX_ELEMENTS)", node=eqn.node)
 
     # ----- queries -----
 

@@ -57,10 +57,10 @@ def _decode_bare(value: Any, loc: Loc, dtype: str | None) -> np.ndarray:
     if isinstance(value, bool):
         return np.asarray(value, dtype=np.bool_)
     if isinstance(value, int | float):
-        return np.asarray(value, dtype=DTYPES[dtype or DEFAULT_FLOAT])
+        return _scalar(value, DTYPES[dtype or DEFAULT_FLOAT], loc)
     if isinstance(value, str):
         if value in _NONFINITE_IN:
-            return np.asarray(_NONFINITE_IN[value], dtype=DTYPES[dtype or DEFAULT_FLOAT])
+            return _scalar(_NONFINITE_IN[value], DTYPES[dtype or DEFAULT_FLOAT], loc)
         raise InvalidTensor(f"expected a tensor, got the string {value!r}; strings are only "
                             "'NaN', 'Infinity' and '-Infinity'", loc=loc)
     if isinstance(value, list):
@@ -69,6 +69,15 @@ def _decode_bare(value: Any, loc: Loc, dtype: str | None) -> np.ndarray:
         return _from_nested(value, target, loc)
     raise InvalidTensor(f"expected a number, boolean, nested array or tensor object, "
                         f"got {type(value).__name__}", loc=loc)
+
+
+def _scalar(value: float, dtype: np.dtype, loc: Loc) -> np.ndarray:
+    if dtype.kind in "iu" and isinstance(value, float) and not math.isfinite(value):
+        raise InvalidTensor(f"{value} cannot be stored as {dtype.name}; use a float dtype",
+                            loc=loc)
+    if dtype.kind in "iu" and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
+        raise InvalidTensor(f"{value} is out of range for {dtype.name}", loc=loc)
+    return np.asarray(value, dtype=dtype)
 
 
 def _all_bool(value: Any) -> bool:
@@ -88,13 +97,21 @@ def _all_bool(value: Any) -> bool:
 def _from_nested(data: Any, dtype: Any, loc: Loc) -> np.ndarray:
     try:
         array = np.array(data, dtype=dtype)
+    except OverflowError:
+        raise InvalidTensor(f"a value is out of range for {np.dtype(dtype).name}",
+                            loc=loc) from None
     except ValueError as exc:
-        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
+        text = str(exc)
+        if "maximum supported dimension" in text or "ndim" in text:
+            raise InvalidTensor("too many dimensions (at most 32)", loc=loc) from None
+        if "inhomogeneous" in text or "setting an array element with a sequence" in text:
             raise InvalidTensor("ragged nested array: every row must have the same length",
                                 loc=loc) from None
         return _from_nested_with_strings(data, dtype, loc)
     except TypeError:
         raise InvalidTensor("nested array holds something that is not a number", loc=loc) from None
+    if array.dtype == object:
+        raise InvalidTensor("nested array holds something that is not a number", loc=loc)
     return array
 
 
@@ -117,6 +134,9 @@ def _from_nested_with_strings(data: Any, dtype: Any, loc: Loc) -> np.ndarray:
                             loc=loc)
     try:
         return np.array(converted, dtype=dtype)
+    except OverflowError:
+        raise InvalidTensor(f"a value is out of range for {np.dtype(dtype).name}",
+                            loc=loc) from None
     except (ValueError, TypeError):
         raise InvalidTensor("ragged nested array: every row must have the same length",
                             loc=loc) from None
