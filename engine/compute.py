@@ -106,23 +106,16 @@ class Engine:
 
     def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
         avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
-        known = self.types.known(program, avals)
         if inline_limit.get() is not None:
-            _check_inline(known, 0)
+            _check_inline(self.types.known(program, avals), 0)
         types = self.types.infer(program, avals)
-        if not known:
-            self._check_sizes(program, types)
+        size, name = self.types.largest(program, avals)
+        if size > self.limits.max_elements:
+            eqn = program.producer.get(name)
+            raise TooLarge(f"{name!r} would have {size} elements (shape "
+                           f"{list(types[name].shape)}); the limit is {self.limits.max_elements}"
+                           " (GRADTAPE_MAX_ELEMENTS)", node=eqn.node if eqn else None)
         return Bound(program, values, types)
-
-    def _check_sizes(self, program: Program, types: dict[str, Aval]) -> None:
-        limit = self.limits.max_elements
-        for eqn in program.eqns:
-            for out in eqn.outs:
-                size = math.prod(types[out].shape)
-                if size > limit:
-                    raise TooLarge(f"this node's result {out!r} would have {size} elements "
-                                   f"(shape {list(types[out].shape)}); the limit is {limit} "
-                                   "(GRADTAPE_MAX_ELEMENTS)", node=eqn.node)
 
     # ----- queries -----
 

@@ -7,6 +7,7 @@ primitive and writes the results; it never looks at op names. Running it under a
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -74,6 +75,7 @@ class TypeCache:
     def __init__(self, capacity: int = 1024):
         self.capacity = capacity
         self._entries: OrderedDict[Any, dict[str, Aval]] = OrderedDict()
+        self._largest: dict[Any, tuple[int, str]] = {}
 
     @staticmethod
     def _key(program: Program, input_avals: Mapping[str, Aval]) -> Any:
@@ -92,9 +94,16 @@ class TypeCache:
             return found
         avals = infer(program, input_avals)
         self._entries[key] = avals
+        self._largest[key] = max(((math.prod(a.shape), n) for n, a in avals.items()),
+                                 default=(0, ""))
         if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+            old, _ = self._entries.popitem(last=False)
+            self._largest.pop(old, None)
         return avals
+
+    def largest(self, program: Program, input_avals: Mapping[str, Aval]) -> tuple[int, str]:
+        """(elements, name) of the biggest value the program makes; after `infer`."""
+        return self._largest[self._key(program, input_avals)]
 
 
 def infer(program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
