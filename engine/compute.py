@@ -152,6 +152,8 @@ class Engine:
         live = self._live_sources(bound, (name,), names)
         out_size = math.prod(bound.shape(name))
         in_size = sum(math.prod(bound.shape(s)) for s in live)
+        self._check_result_size(out_size * in_size, "jacobian", "use gradient with "
+                                "output_gradients (a VJP) or jvp for products with it")
         query = self._query(bound, "jacobian", (name,), live,
                             mode="fwd" if in_size < out_size else "rev")
         value, jac = self._run(bound, query, self._source_values(bound, live), None)
@@ -189,6 +191,8 @@ class Engine:
         name = self._scalar_target(bound, target, "hessian")
         names = self._sources(bound, sources)
         live = self._live_sources(bound, (name,), names)
+        in_size = sum(math.prod(bound.shape(s)) for s in live)
+        self._check_result_size(in_size * in_size, "hessian", "use hvp for products with it")
         query = self._query(bound, "hessian", (name,), live)
         value, grads, hess = self._run(bound, query, self._source_values(bound, live), None)
         g = dict(zip(live, grads, strict=True))
@@ -222,6 +226,11 @@ class Engine:
                 "tangents": dict(zip(names, touts, strict=True))}
 
     # ----- helpers -----
+
+    def _check_result_size(self, size: int, what: str, instead: str) -> None:
+        if size > self.limits.max_elements:
+            raise TooLarge(f"the {what} would have {size} elements; the limit is "
+                           f"{self.limits.max_elements} (GRADTAPE_MAX_ELEMENTS): {instead}")
 
     def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any) -> Any:
         program = bound.program
