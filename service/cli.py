@@ -21,6 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="worker processes (sessions live in each worker's memory)")
     serve.add_argument("--log-level", default=defaults.log_level)
     args = parser.parse_args(argv)
+    if args.workers > 1:
+        print("gradtape: sessions live in each worker's memory, so with several workers a "
+              "session's requests must reach the worker that created it", file=sys.stderr)
 
     import uvicorn
 
