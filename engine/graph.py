@@ -243,8 +243,10 @@ def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]
                             _plain(encode(np.asarray(lit))))
         node: dict[str, Any] = {"id": eqn.outs[0] if len(eqn.outs) == 1 else list(eqn.outs),
                                 "op": eqn.prim.name, "args": args}
-        if eqn.attrs:
-            node["attrs"] = {k: v for k, v in eqn.attrs}
+        specs = getattr(eqn.prim, "attrs", {})
+        attrs = {k: v for k, v in eqn.attrs if k not in specs or v != specs[k].default}
+        if attrs:
+            node["attrs"] = attrs
         nodes.append(node)
     inputs = {n: {"dtype": program.input_dtypes.get(n),
                   "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}

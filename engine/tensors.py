@@ -102,8 +102,9 @@ def _from_nested(data: Any, dtype: Any, loc: Loc) -> np.ndarray:
                             loc=loc) from None
     except ValueError as exc:
         text = str(exc)
-        if "maximum supported dimension" in text or "ndim" in text:
-            raise InvalidTensor("too many dimensions (at most 32)", loc=loc) from None
+        if "maximum" in text and "dimension" in text:
+            raise InvalidTensor("too many nested levels: a tensor has at most 64 dimensions",
+                                loc=loc) from None
         if "inhomogeneous" in text or "setting an array element with a sequence" in text:
             raise InvalidTensor("ragged nested array: every row must have the same length",
                                 loc=loc) from None

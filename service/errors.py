@@ -75,7 +75,13 @@ async def engine_error(request: Request, exc: Exception) -> ProblemResponse:
 
 async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
+    grouped: dict[tuple[Any, ...], list[str]] = {}
+    for error in exc.errors():
+        loc, msg = _clean(error)
+        messages = grouped.setdefault(loc, [])
+        if msg not in messages:
+            messages.append(msg)
+    errors = [{"loc": list(loc), "msg": " or ".join(msgs)} for loc, msgs in grouped.items()]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -83,12 +89,19 @@ async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
     return problem(422, detail, title="Invalid request", slug="invalid-request", errors=errors)
 
 
-def _message(error: dict[str, Any]) -> str:
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"}
+
+
+def _clean(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+    """Location and message of one pydantic error, without the union-member names pydantic
+    puts into locations (`target.str`, `target.list[str]`), which are not fields."""
+    loc = tuple(p for p in error.get("loc", ())
+                if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p)))
     if error.get("type") == "json_invalid":
-        ctx = error.get("ctx") or {}
-        return f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"
-    msg = str(error.get("msg", "invalid"))
-    return msg.removeprefix("Value error, ")
+        position = f" at character {loc[-1]}" if len(loc) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error", "cannot parse the body")
+        return ("body",), f"malformed JSON{position}: {reason}"
+    return loc, str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 async def http_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -99,7 +112,8 @@ async def http_error(request: Request, exc: Exception) -> ProblemResponse:
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; allowed: " + \
             (exc.headers or {}).get("Allow", "see /docs")
-    return problem(exc.status_code, detail, headers=dict(exc.headers or {}) or None)
+    slug = "too-large" if exc.status_code == 413 else None
+    return problem(exc.status_code, detail, slug=slug, headers=dict(exc.headers or {}) or None)
 
 
 async def api_error(request: Request, exc: Exception) -> ProblemResponse:

@@ -46,7 +46,7 @@ class BodyLimitMiddleware:
                 "large tensors as b64, or in parts to a session")
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem(413, self._detail())(scope, receive, send)
+        await problem(413, self._detail(), slug="too-large")(scope, receive, send)
 
 
 class ApiKeyMiddleware:
