@@ -1,4 +1,4 @@
-"""The stateless HTTP API, end to end through TestClient, checked against /work/shared/API.md.
+"""The stateless HTTP API, end to end through TestClient, checked against the API contract (docs/API.md).
 
 Covers the tutorial numbers on the stateless routes, registered graphs, the tensor wire
 formats, every class of bad input (each an RFC 9457 problem naming the field or node at
