@@ -39,8 +39,8 @@ def decode(value: Any, loc: Loc = (), *, max_elements: int | None = None,
     >>> decode([[1, 1], [1, 1]]).dtype
     dtype('float32')
     """
-    if isinstance(value, dict):
-        array = _decode_object(value, loc)
+    if isinstance(value, dict | np.ndarray):
+        array = value if isinstance(value, np.ndarray) else _decode_object(value, loc)
         if dtype is not None and array.dtype != DTYPES[dtype]:
             raise InvalidTensor(
                 f"dtype {array.dtype.name} does not match the declared dtype {dtype}; send "

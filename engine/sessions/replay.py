@@ -89,6 +89,7 @@ def build(records: Sequence[Record], target: TensorId,
     source_names: dict[str, str | None] = {}
     prelude: list[Eqn] = []
     rename: dict[str, str] = {}
+    eps_of: dict[int, str] = {}  # variable handle -> its eps input (names may alias)
     for spec in sources:
         if spec.variable is None:
             assert spec.tensor is not None
@@ -101,13 +102,16 @@ def build(records: Sequence[Record], target: TensorId,
         if not versions:
             source_names[spec.label] = None
             continue
+        if spec.variable in eps_of:
+            source_names[spec.label] = eps_of[spec.variable]
+            continue
         eps_name = f"eps{len(eps)}"
         eps.append(eps_name)
         zeros[eps_name] = (spec.shape, spec.dtype)
         for v in versions:
             rename[v] = f"{v}+{eps_name}"
             prelude.append(Eqn(OPS["add"], (), (v, eps_name), (rename[v],), spec.label))
-        source_names[spec.label] = eps_name
+        source_names[spec.label] = eps_of[spec.variable] = eps_name
 
     for rec, args in zip(kept, arg_lists, strict=True):
         args = [rename.get(a, a) if isinstance(a, str) else a for a in args]
@@ -146,10 +150,11 @@ class RecordedGradient:
     @classmethod
     def build(cls, spec: GradientSpec) -> RecordedGradient:
         replay = build(spec.records, spec.target, spec.sources)
-        live = tuple(n for n in replay.sources.values() if n is not None)
+        live = tuple(dict.fromkeys(n for n in replay.sources.values() if n is not None))
         program = replay.program
         query = Query("gradient", (replay.target,), live,
-                      frozenset(n for n in live if n not in program.inputs))
+                      frozenset(n for n in live if n not in program.inputs),
+                      with_cotangents=spec.with_cotangent)
         zeros = tuple((n, tuple(shape), dtype) for n, (shape, dtype) in replay.zeros.items())
         return cls(program, query, tuple(replay.input_tids), zeros)
 
@@ -157,10 +162,13 @@ class RecordedGradient:
         return ("gradient", self.program.structure_key, self.query, self.arg_inputs, self.zeros)
 
     def bind(self, *args: Any) -> tuple[Any, ...]:
+        cotangents = None
+        if self.query.with_cotangents:
+            args, cotangents = args[:-1], (args[-1],)
         inputs = dict(zip(self.arg_inputs, args, strict=True))
         zeros = {name: jnp.zeros(shape, dtype) for name, shape, dtype in self.zeros}
         inputs.update((n, z) for n, z in zeros.items() if n in self.program.inputs)
         sources = tuple(inputs[s] if s in inputs else zeros[s] for s in self.query.sources)
         fn = BUILDERS["gradient"](self.program, self.query)
-        _, grads = fn(inputs, self.program.literals, sources, None)
+        _, grads = fn(inputs, self.program.literals, sources, cotangents)
         return tuple(grads)

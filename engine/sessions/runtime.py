@@ -238,17 +238,23 @@ class SessionRuntime:
                 raise InvalidGraph(f"save_as names {label!r}, which is not a source",
                                    loc=("save_as", label))
         grads: dict[str, Any] = {label: None for label in sources}
+        cotangent = None
+        if output_gradients is not None:
+            tvalue = self._value(s, target)
+            cotangent = decode(output_gradients, ("output_gradients",),
+                               dtype=tvalue.dtype.name, max_elements=self.engine.limits.max_elements)
+            if cotangent.shape != tvalue.shape:
+                raise InvalidGraph(f"output_gradients has shape {list(cotangent.shape)}; the "
+                                   f"target {target!r} has shape {list(tvalue.shape)}",
+                                   loc=("output_gradients",))
         if query.live:
-            out = self.engine.gradient(*query.ready, query.live_names,
-                                       output_gradients, "none")
+            out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none")
             for label, name in query.live.items():
                 grads[label] = out["gradients"][name]
-        elif output_gradients is not None and query.bound is not None:
-            self.engine.gradient(*query.ready, [], output_gradients)
         grads = {label: g if g is not None else self._zeros(s, query, label, (), unconnected)
                  for label, g in grads.items()}
         if save_as:
-            self._save(s, tape, query, grads, save_as, output_gradients is not None)
+            self._save(s, tape, query, grads, save_as, cotangent)
         self._use(s, tape)
         return {"gradients": grads}
 
@@ -380,7 +386,7 @@ class SessionRuntime:
         return _TapeQuery(bound, rep, live, specs, floats, target_tid)
 
     def _save(self, s: Session, tape: Tape, query: _TapeQuery, grads: Mapping[str, Any],
-              save_as: Mapping[str, str], with_cotangents: bool) -> None:
+              save_as: Mapping[str, str], cotangent: np.ndarray | None) -> None:
         for label in save_as:
             if grads[label] is None:
                 raise InvalidGraph(f"the gradient for {label!r} is null (the source is not "
@@ -393,15 +399,18 @@ class SessionRuntime:
             saved[label] = self._store(s, np.asarray(grads[label]))
             s.names[name] = Binding(tensor=saved[label])
         if query.replay is not None and query.live:
-            others = [t for t in s.tapes.values() if t is not tape and t.recording]
-            if others and with_cotangents:
-                raise InvalidGraph("output_gradients with save_as while another tape records "
-                                   "cannot be recorded; save the gradient without "
-                                   "output_gradients", loc=("output_gradients",))
-            outs = tuple(saved.get(label) or s.new_id() for label in query.live)
+            # one result per distinct program source (names of one variable share it)
+            first_label: dict[str, str] = {}
+            for label, name in query.live.items():
+                first_label.setdefault(name, label)
+            outs = tuple(saved.get(label) or s.new_id() for label in first_label.values())
             spec = GradientSpec(tuple(replay.prune(tape.records, [query.target_tid])),
-                                query.target_tid, tuple(query.specs[x] for x in query.live))
+                                query.target_tid,
+                                tuple(query.specs[x] for x in first_label.values()),
+                                with_cotangent=cotangent is not None)
             args = tuple(query.replay.input_tids.values())
+            if cotangent is not None:
+                args += (self._store(s, cotangent),)
             self._record(s, Record("gradient", (("spec", spec),), args, outs, "gradient"))
         self._collect(s)
 
@@ -488,7 +497,7 @@ class _TapeQuery:
 
     @property
     def live_names(self) -> list[str]:
-        return list(self.live.values())
+        return list(dict.fromkeys(self.live.values()))
 
 
 def _batch_diagonal(jac: np.ndarray, target_ndim: int) -> np.ndarray:

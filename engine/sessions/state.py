@@ -56,6 +56,7 @@ class GradientSpec:
     records: tuple[Record, ...]
     target: TensorId
     sources: tuple[SourceSpec, ...]
+    with_cotangent: bool = False  # the record's last argument is output_gradients
 
 
 @dataclass
