@@ -154,10 +154,16 @@ class Engine:
         in_size = sum(math.prod(bound.shape(s)) for s in live)
         self._check_result_size(out_size * in_size, "jacobian", "use gradient with "
                                 "output_gradients (a VJP) or jvp for products with it")
-        query = self._query(bound, "jacobian", (name,), live,
-                            mode="fwd" if in_size < out_size else "rev")
+        # forward mode costs one JVP per input element, reverse one VJP per output element;
+        # forward tangents carry the target's precision, so a narrower target keeps reverse
+        narrow = any(bound.types[x].dtype.itemsize > bound.types[name].dtype.itemsize
+                     for x in live)
+        mode = "fwd" if in_size < out_size and not narrow else "rev"
+        query = self._query(bound, "jacobian", (name,), live, mode=mode)
         value, jac = self._run(bound, query, self._source_values(bound, live), None)
-        found = dict(zip(live, jac, strict=True))
+        # forward mode yields the target's dtype, reverse the source's: answer the latter
+        found = {s: np.asarray(j).astype(bound.types[s].dtype, copy=False)
+                 for s, j in zip(live, jac, strict=True)}
         shape = bound.shape(name)
         return {"value": value,
                 "jacobian": {s: found.get(s, self._missing(bound, s, shape, unconnected))
@@ -222,8 +228,10 @@ class Engine:
         tans = tuple(self._like(bound, s, tangents[s], ("tangents", s)) for s in sources)
         query = self._query(bound, "jvp", names, tuple(sources))
         values, touts = self._run(bound, query, self._source_values(bound, tuple(sources)), tans)
+        # an integer or bool output has no tangent (JAX's float0): null, like a gradient
         return {"values": dict(zip(names, values, strict=True)),
-                "tangents": dict(zip(names, touts, strict=True))}
+                "tangents": {n: t if bound.is_float(n) else None
+                             for n, t in zip(names, touts, strict=True)}}
 
     # ----- helpers -----
 
@@ -312,7 +320,7 @@ class Engine:
     def _missing_block(self, bound: Bound, a: str, b: str, unconnected: str) -> Any:
         if unconnected != "zero" or not (bound.is_float(a) and bound.is_float(b)):
             return None
-        return np.zeros(bound.shape(a) + bound.shape(b), bound.types[b].dtype)
+        return np.zeros(bound.shape(a) + bound.shape(b), bound.types[a].dtype)
 
     def _like(self, bound: Bound, name: str, raw: Any, loc: tuple[str | int, ...]) -> Any:
         """Decode a tensor that must have `name`'s shape and dtype (a cotangent, vector or
