@@ -549,23 +549,40 @@ class _RunPlan:
             self.input_tids[name] = tid
         return self._local_of_tid[tid]
 
-    def _resolve(self, name: str, label: str, loc: tuple[str | int, ...]) -> tuple[str,
-                                                                                   Handle | None]:
+    def _resolve(self, name: str, label: str, loc: tuple[str | int, ...]) -> str:
+        """The program name that `name` reads now (a variable: its newest value)."""
         if name in self.overlay:
-            return self.overlay[name], None
+            return self.overlay[name]
         handle = self.overlay_var.get(name)
         binding = self.s.names.get(name)
         if handle is None and binding is not None:
             handle = binding.variable
         if handle is not None:
             if handle in self.pending_version:
-                return self.pending_version[handle], handle
-            return self._input(self.s.variables[handle].current), handle
+                return self.pending_version[handle]
+            return self._input(self.s.variables[handle].current)
         if binding is None:
             raise InvalidGraph(f"undefined name {name!r}: PUT it as a tensor or compute it in "
                                "an earlier node", node=label, loc=loc)
         assert binding.tensor is not None
-        return self._input(binding.tensor), None
+        return self._input(binding.tensor)
+
+    def _arg(self, arg: Any, label: str, loc: tuple[str | int, ...]) -> tuple[str | Const,
+                                                                              str | int]:
+        """One argument as (what a record keeps, what the program reads): a name resolves to
+        a program input or an earlier result; a scalar stays a weakly typed literal; an array
+        constant becomes a new session tensor."""
+        if isinstance(arg, str):
+            local = self._resolve(arg, label, loc)
+            return local, local
+        if isinstance(arg, bool | int | float):
+            self.literals.append(arg)
+            return Const(arg), len(self.literals) - 1
+        value = decode_literal(arg, loc, self.max_elements)
+        tid = self.s.new_id()
+        self.new_constants[tid] = value
+        local = self._input(tid)
+        return local, local
 
     def add(self, node: Mapping[str, Any], i: int) -> None:
         loc: tuple[str | int, ...] = ("nodes", i)
@@ -576,24 +593,9 @@ class _RunPlan:
             self._add_assign(node, i, assign, loc)
             return
         res = resolve_node(node, loc, i)
-        args: list[str | Const] = []
-        prog_args: list[str | int] = []
-        for j, arg in enumerate(res.args):
-            if isinstance(arg, str):
-                local, _ = self._resolve(arg, res.node, (*loc, "args", j))
-                args.append(local)
-                prog_args.append(local)
-            elif isinstance(arg, bool | int | float):
-                args.append(Const(arg))
-                self.literals.append(arg)
-                prog_args.append(len(self.literals) - 1)
-            else:
-                value = decode_literal(arg, (*loc, "args", j), self.max_elements)
-                tid = self.s.new_id()
-                self.new_constants[tid] = value
-                local = self._input(tid)
-                args.append(local)
-                prog_args.append(local)
+        pairs = [self._arg(a, res.node, (*loc, "args", j)) for j, a in enumerate(res.args)]
+        args = [step for step, _ in pairs]
+        prog_args = [prog for _, prog in pairs]
         outs = tuple(self._fresh() for _ in res.outs)
         self.eqns.append(Eqn(res.op, res.attrs, tuple(prog_args), outs, res.node))
         self.steps.append(_Step(res.op.name, res.attrs, tuple(args), outs, res.outs, res.node))
@@ -612,7 +614,8 @@ class _RunPlan:
         if not isinstance(args, list) or len(args) != 2:
             raise InvalidGraph(f"{assign.name} takes 2 arguments (the variable, the value)",
                                node=label, loc=(*loc, "args"))
-        check_attrs_none(node, label, loc)
+        if node.get("attrs"):
+            raise InvalidGraph("assign ops take no attributes", node=label, loc=(*loc, "attrs"))
         target = args[0]
         handle = None
         if isinstance(target, str) and target not in self.overlay:
@@ -624,18 +627,8 @@ class _RunPlan:
             raise InvalidGraph(f"{assign.name} needs a variable as its first argument; "
                                f"{target!r} is not one (PUT it with \"variable\": true)",
                                node=label, loc=(*loc, "args", 0))
-        var_local, _ = self._resolve(target, label, (*loc, "args", 0))
-        value = args[1]
-        if isinstance(value, str):
-            value_arg: str | int = self._resolve(value, label, (*loc, "args", 1))[0]
-        elif isinstance(value, bool | int | float):
-            self.literals.append(value)
-            value_arg = len(self.literals) - 1
-        else:
-            const = decode_literal(value, (*loc, "args", 1), self.max_elements)
-            tid = self.s.new_id()
-            self.new_constants[tid] = const
-            value_arg = self._input(tid)
+        var_local = self._resolve(target, label, (*loc, "args", 0))
+        _, value_arg = self._arg(args[1], label, (*loc, "args", 1))
         out = self._fresh()
         self.eqns.append(Eqn(assign, (), (var_local, value_arg), (out,), label))
         self.steps.append(_Step(assign.name, (), (), (out,), (ident,), ident, assigns=handle))
@@ -651,9 +644,3 @@ class _RunPlan:
     def input_values(self) -> dict[str, np.ndarray]:
         return {name: self.new_constants.get(tid, self.s.values.get(tid))  # type: ignore[misc]
                 for name, tid in self.input_tids.items()}
-
-
-def check_attrs_none(node: Mapping[str, Any], label: str, loc: tuple[str | int, ...]) -> None:
-    if node.get("attrs"):
-        raise InvalidGraph("assign ops take no attributes", node=label, loc=(*loc, "attrs"))
-
