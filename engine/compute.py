@@ -18,10 +18,9 @@ import jax
 import numpy as np
 
 from engine.cache import CompileCache
-from engine.dtypes import is_float
 from engine.errors import InvalidGraph, InvalidTensor, TooLarge
 from engine.interpreter import Aval, TypeCache
-from engine.program import Program, literal_type
+from engine.program import Program
 from engine.tensors import decode
 from engine.transforms import BUILDERS, Query
 
@@ -59,15 +58,18 @@ class Bound:
         return self.labels.get(name, name)
 
     def is_float(self, name: str) -> bool:
-        return is_float(self.types[name].dtype)
+        return self.types[name].dtype.kind == "f"
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.types[name].shape)
 
 
 def _avals_key(values: Any) -> tuple[Any, ...]:
-    return tuple((np.shape(v), np.asarray(v).dtype.str) if v is not None else None
-                 for v in jax.tree_util.tree_leaves(values, is_leaf=lambda x: x is None))
+    """Shapes and dtypes of a dict or tuple of arrays (or None), for cache keys."""
+    if values is None:
+        return ()
+    items = values.values() if isinstance(values, dict) else values
+    return tuple((v.shape, v.dtype) if v is not None else None for v in items)
 
 
 class Engine:
@@ -243,7 +245,7 @@ class Engine:
     def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any) -> Any:
         program = bound.program
         key = (program.structure_key, query, _avals_key(bound.inputs), _avals_key(sources),
-               _avals_key(extra), tuple(literal_type(v) for v in program.literals))
+               _avals_key(extra), program.literal_types)
         if inline_limit.get() is not None:
             _check_inline(self.cache.is_compiled(key),
                           sum(v.size for v in bound.inputs.values()))

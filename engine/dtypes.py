@@ -15,11 +15,14 @@ DTYPES: dict[str, np.dtype] = {
 DEFAULT_FLOAT = "float32"
 
 
-def dtype_name(dtype: np.dtype | type) -> str:
-    """The wire name of a NumPy/JAX dtype; dtypes outside the wire set are mapped to the
-    nearest one (float16 and bfloat16 results are widened by `to_wire_array`)."""
-    return np.dtype(dtype).name
+_NAMES = {dt: name for name, dt in DTYPES.items()}
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The wire name of a dtype (a dict lookup: `np.dtype.name` is slow on a hot path)."""
+    found = _NAMES.get(dtype)
+    return found if found is not None else np.dtype(dtype).name
 
 
 def is_float(dtype: np.dtype | type) -> bool:
-    return bool(np.issubdtype(np.dtype(dtype), np.floating))
+    return np.dtype(dtype).kind == "f"

@@ -80,7 +80,7 @@ class TypeCache:
     @staticmethod
     def _key(program: Program, input_avals: Mapping[str, Aval]) -> Any:
         return (program.structure_key,
-                tuple((n, a.shape, a.dtype.name) for n, a in input_avals.items()))
+                tuple((n, a.shape, a.dtype) for n, a in input_avals.items()))
 
     def known(self, program: Program, input_avals: Mapping[str, Aval]) -> bool:
         return self._key(program, input_avals) in self._entries

@@ -71,8 +71,12 @@ class Program:
     def structure_key(self) -> str:
         """A digest of everything that shapes the compiled code, literal values excluded."""
         parts = (self.inputs, tuple(e.key() for e in self.eqns), self.outputs,
-                 tuple(literal_type(v) for v in self.literals))
+                 self.literal_types)
         return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    @cached_property
+    def literal_types(self) -> tuple[tuple[Any, ...], ...]:
+        return tuple(literal_type(v) for v in self.literals)
 
     @cached_property
     def producer(self) -> dict[str, Eqn]:

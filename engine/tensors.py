@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.dtypes import DEFAULT_FLOAT, DTYPES
+from engine.dtypes import DEFAULT_FLOAT, DTYPES, dtype_name
 from engine.errors import InvalidTensor, TooLarge
 
 _NONFINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
@@ -217,9 +217,11 @@ def encode(array: Any, *, base64_encoding: bool = False) -> dict[str, Any]:
     []
     """
     array = np.asarray(array)
-    if array.dtype.name not in DTYPES:
+    name = dtype_name(array.dtype)
+    if name not in DTYPES:
         array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
-    out: dict[str, Any] = {"dtype": array.dtype.name, "shape": list(array.shape)}
+        name = dtype_name(array.dtype)
+    out: dict[str, Any] = {"dtype": name, "shape": list(array.shape)}
     if base64_encoding:
         out["b64"] = base64.b64encode(
             np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
