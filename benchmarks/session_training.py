@@ -1,0 +1,313 @@
+"""A training step through a gradtape session over HTTP, against the same step in jitted JAX.
+
+The MLP of benchmarks/mlp.py (784-512-512-10 tanh, softmax cross-entropy, batch 128,
+float32). Its six weights live in a session of a `gradtape serve` subprocess as trainable
+variables. One step is seven requests:
+
+1. PUT tensors/X and 2. PUT tensors/Y: the new batch, as b64 tensors;
+3. POST tapes: open a tape;
+4. POST run: the forward pass (13 nodes) with "fetch": [];
+5. POST tapes/{tid}/gradient: the loss wrt the six weights, save_as g_<W>, encoding base64
+   (the API always returns the gradients; base64 is the cheapest way to receive them);
+6. POST run: u_<W> = multiply(g_<W>, lr) and assign_sub(<W>, u_<W>) for each weight, fetch [];
+7. DELETE the tape.
+
+The baseline is the same step in this process: `jax.jit` of value_and_grad + the SGD update,
+weights kept on the device between steps, the batch coming from NumPy each step, the loss
+fetched to host. Both run the same batches from the same initial weights, interleaved step by
+step, and the final weights are checked to agree. Goal: the session step within 1.3x of the
+jitted step.
+
+Then the five-part tutorial of API.md (examples/tutorial.py, imported and pointed at the same
+server) runs end to end, `--tutorial-runs` times: the number of requests and the total time of
+each run, and its printed answers are checked against API.md.
+
+    python benchmarks/session_training.py [--steps 20] [--warmup 3] [--tutorial-runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+import jax
+import numpy as np
+from _common import ROOT, environment, gradtape_server, median, ms, table, verdict, write_result
+from mlp import SHAPES, WEIGHTS, batch, init_weights, jax_loss, mlp_graph
+
+LR = 0.1
+GOAL = 1.3
+TUTORIAL_EXPECTED = [
+    "part1 dz/dx = [[8,8],[8,8]] float32 [2,2]",
+    "part2 dz/dy = 8 float32 []",
+    "part3 dz/dx = 108 float32 []",
+    "part3 dy/dx = 6 float32 []",
+    "part4 n=6 doutput/dx = 12 float32 []",
+    "part4 n=5 doutput/dx = 12 float32 []",
+    "part4 n=4 doutput/dx = 4 float32 []",
+    "part5 dy/dx = 3 float32 []",
+    "part5 d2y/dx2 = 6 float32 []",
+]
+REQUESTS = ["PUT X", "PUT Y", "POST tapes", "POST run (forward)", "POST gradient",
+            "POST run (updates)", "DELETE tape"]
+
+
+def b64(array: np.ndarray) -> dict[str, Any]:
+    return {"dtype": "float32", "shape": list(array.shape),
+            "b64": base64.b64encode(np.ascontiguousarray(array, "<f4").tobytes()).decode()}
+
+
+def from_b64(tensor: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(tensor["b64"]), "<f4").reshape(tensor["shape"])
+
+
+class SessionTrainer:
+    """The client side of one training step through a session."""
+
+    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray]):
+        self.client = client
+        self.sid = self._call("POST", "/v1/sessions", {"ttl_seconds": 3600})["session_id"]
+        self.base = f"/v1/sessions/{self.sid}"
+        for name, value in weights.items():
+            self._call("PUT", f"{self.base}/tensors/{name}",
+                       {"value": b64(value), "variable": True, "trainable": True})
+        self.forward = [n for n in mlp_graph()["nodes"]]
+        self.updates: list[dict[str, Any]] = []
+        for name in WEIGHTS:
+            self.updates.append({"id": f"u_{name}", "op": "multiply",
+                                 "args": [f"g_{name}", LR]})
+            self.updates.append({"id": name, "op": "assign_sub", "args": [name, f"u_{name}"]})
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        r = self.client.request(method, path, json=body)
+        if r.is_error:
+            raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
+        return None if r.status_code == 204 else r.json()
+
+    def step(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[float]]:
+        """One step; returns its time and the time of each of its requests."""
+        times = []
+
+        def timed(method: str, path: str, body: Any = None) -> Any:
+            start = time.perf_counter()
+            out = self._call(method, path, body)
+            times.append(time.perf_counter() - start)
+            return out
+
+        start = time.perf_counter()
+        timed("PUT", f"{self.base}/tensors/X", {"value": b64(X)})
+        timed("PUT", f"{self.base}/tensors/Y", {"value": b64(Y)})
+        tape = timed("POST", f"{self.base}/tapes", {})["tape_id"]
+        timed("POST", f"{self.base}/run", {"nodes": self.forward, "fetch": []})
+        grads = timed("POST", f"{self.base}/tapes/{tape}/gradient", {
+            "target": "loss", "sources": list(WEIGHTS),
+            "save_as": {name: f"g_{name}" for name in WEIGHTS}, "encoding": "base64"})
+        timed("POST", f"{self.base}/run", {"nodes": self.updates, "fetch": []})
+        timed("DELETE", f"{self.base}/tapes/{tape}")
+        elapsed = time.perf_counter() - start
+        assert set(grads["gradients"]) == set(WEIGHTS)
+        return elapsed, times
+
+    def weight(self, name: str) -> np.ndarray:
+        return from_b64(self._call("GET", f"{self.base}/tensors/{name}?encoding=base64"))
+
+    def close(self) -> None:
+        self._call("DELETE", self.base)
+
+
+def jax_step_fn() -> Any:
+    @jax.jit
+    def step(params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, dict[str, Any]]:
+        loss, grads = jax.value_and_grad(jax_loss)(params, X, Y)
+        return loss, jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+
+    return step
+
+
+def run_tutorial(url: str, runs: int) -> list[dict[str, Any]]:
+    """examples/tutorial.py against `url`: requests and total time per run."""
+    os.environ["GRADTAPE_URL"] = url
+    spec = importlib.util.spec_from_file_location("gradtape_tutorial",
+                                                  ROOT / "examples" / "tutorial.py")
+    assert spec is not None and spec.loader is not None
+    tutorial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial)
+    count = 0
+
+    def counter(request: httpx.Request) -> None:
+        nonlocal count
+        count += 1
+
+    tutorial.client.event_hooks["request"] = [counter]
+    out = []
+    for _ in range(runs):
+        count = 0
+        buf = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(buf):
+            tutorial.main()
+        elapsed = time.perf_counter() - start
+        lines = buf.getvalue().splitlines()
+        out.append({"requests": count, "total_ms": ms(elapsed),
+                    "ms_per_request": ms(elapsed) / count, "output": lines,
+                    "matches_api_md": lines == TUTORIAL_EXPECTED})
+    tutorial.client.close()
+    return out
+
+
+def attribution(weights: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray,
+                n: int = 10) -> dict[str, float]:
+    """Median times, in this process, of the pieces of work a session step is made of: the
+    compute the server runs (through an Engine on the same graph) and the encoding work on
+    both sides of the wire."""
+    import json
+
+    import orjson
+
+    from engine.cache import CompileCache
+    from engine.compute import Engine
+    from engine.graph import parse_graph
+    from engine.tensors import decode, encode
+
+    engine = Engine(cache=CompileCache())
+    program = parse_graph(mlp_graph(), max_nodes=10_000, max_elements=50_000_000)
+    bound = engine.bind_values(program, {"X": X, "Y": Y, **weights})
+    grads = engine.gradient(bound, "loss", WEIGHTS)["gradients"]
+    response = orjson.dumps({"gradients": {k: encode(v, base64_encoding=True)
+                                           for k, v in grads.items()}})
+    wire_x = b64(X)
+    jax_step = jax_step_fn()
+    params = jax.device_put(weights)
+
+    def one_jax_step() -> None:
+        loss, new = jax_step(params, X, Y)
+        float(loss)
+        jax.block_until_ready(new)
+
+    work = {
+        "server compute: forward pass (Engine.evaluate of every node, fetched)": lambda:
+            engine.evaluate(bound, [n for e in program.eqns for n in e.outs]),
+        "server compute: gradient (Engine.gradient: forward again + backward)": lambda:
+            engine.gradient(bound, "loss", WEIGHTS),
+        "server: b64-encode the six gradients for the response": lambda: [
+            encode(g, base64_encoding=True) for g in grads.values()],
+        f"client: json.loads of the gradient response ({len(response) / 1e6:.1f} MB)": lambda:
+            json.loads(response),
+        "client: b64 + json.dumps of the PUT X body": lambda: json.dumps({"value": b64(X)}),
+        "server: json.loads + b64-decode of the PUT X body": lambda: decode(
+            json.loads(json.dumps({"value": wire_x}))["value"]),
+        "baseline: one jitted JAX step (value_and_grad + update)": one_jax_step,
+    }
+    out = {}
+    for name, fn in work.items():
+        for _ in range(3):
+            fn()
+        out[name] = ms(median([_seconds(fn) for _ in range(n)]))
+    return out
+
+
+def _seconds(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--tutorial-runs", type=int, default=3)
+    args = parser.parse_args()
+    env = environment()
+    rng = np.random.default_rng(0)
+    weights = init_weights(rng)
+    batches = [batch(rng) for _ in range(args.warmup + args.steps)]
+
+    jax_step = jax_step_fn()
+    params = jax.device_put(weights)
+    session_times: list[float] = []
+    per_request: list[list[float]] = []
+    jax_times: list[float] = []
+    with gradtape_server() as server, httpx.Client(base_url=server.url, timeout=120) as client:
+        trainer = SessionTrainer(client, weights)
+        for i, (X, Y) in enumerate(batches):
+            elapsed, times = trainer.step(X, Y)
+            start = time.perf_counter()
+            loss, params = jax_step(params, X, Y)
+            float(loss)
+            jax.block_until_ready(params)
+            jax_elapsed = time.perf_counter() - start
+            if i >= args.warmup:
+                session_times.append(elapsed)
+                per_request.append(times)
+                jax_times.append(jax_elapsed)
+        final = {name: trainer.weight(name) for name in WEIGHTS}
+        trainer.close()
+        tutorial = run_tutorial(server.url, args.tutorial_runs)
+
+    params = jax.device_get(params)
+    max_diff = {name: float(np.max(np.abs(final[name] - params[name]))) for name in WEIGHTS}
+    for name in WEIGHTS:
+        np.testing.assert_allclose(final[name], params[name], rtol=1e-3, atol=1e-4)
+
+    s, j = ms(median(session_times)), ms(median(jax_times))
+    ratio = s / j
+    print(table(["step", "median ms", "min ms", "max ms"], [
+        ["gradtape session over HTTP (7 requests)", s, ms(min(session_times)),
+         ms(max(session_times))],
+        ["jax.jit(value_and_grad + SGD update), in process", j, ms(min(jax_times)),
+         ms(max(jax_times))],
+    ], title=f"Training step, MLP 784-512-512-10, batch 128 ({args.steps} steps after "
+             f"{args.warmup} warm-up, interleaved)"))
+    print(f"\nratio session / jit: {ratio:.2f}  (goal <= {GOAL}: {verdict(ratio <= GOAL)})")
+    print("final weights agree with the JAX run (max abs diff "
+          f"{max(max_diff.values()):.2e})")
+
+    breakdown = {name: ms(median([t[k] for t in per_request])) for k, name in
+                 enumerate(REQUESTS)}
+    print()
+    print(table(["request", "median ms", "share of step"],
+                [[k, v, f"{100 * v / s:.0f}%"] for k, v in breakdown.items()],
+                title="Where a session step goes (client-side time per request)"))
+
+    parts = attribution(weights, *batches[0])
+    print()
+    print(table(["piece of work (in process)", "median ms"], list(parts.items()),
+                title="What the step is made of, timed alone in this process"))
+
+    print()
+    print(table(["tutorial run", "requests", "total ms", "ms / request", "answers = API.md"],
+                [[i + 1, t["requests"], t["total_ms"], t["ms_per_request"],
+                  "yes" if t["matches_api_md"] else "NO"] for i, t in enumerate(tutorial)],
+                title="The five-part tutorial (examples/tutorial.py) end to end"))
+    if not all(t["matches_api_md"] for t in tutorial):
+        print("tutorial output:\n" + "\n".join(tutorial[0]["output"]))
+
+    path = write_result("session_training", {
+        "config": {"steps": args.steps, "warmup": args.warmup, "lr": LR,
+                   "shapes": {k: list(v) for k, v in SHAPES.items()},
+                   "requests_per_step": REQUESTS},
+        "goals": {"session_over_jit_max": GOAL},
+        "median_step_ms": {"session_http": s, "jax_jit": j},
+        "ratio": ratio, "goal_met": ratio <= GOAL,
+        "per_request_median_ms": breakdown,
+        "attribution_ms": parts,
+        "final_weights_max_abs_diff": max_diff,
+        "session_step_ms": [ms(t) for t in session_times],
+        "jax_step_ms": [ms(t) for t in jax_times],
+        "tutorial": tutorial,
+    }, env)
+    print(f"\nwrote {path}")
+    return 0 if all(t["matches_api_md"] for t in tutorial) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
