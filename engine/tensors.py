@@ -198,7 +198,7 @@ def _decode_b64(text: Any, dtype: np.dtype, shape: tuple[int, ...] | None,
     if not isinstance(text, str):
         raise InvalidTensor("'b64' must be a base64 string", loc=(*loc, "b64"))
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise InvalidTensor("'b64' is not valid base64", loc=(*loc, "b64")) from None
     expected = math.prod(shape) * dtype.itemsize
@@ -208,10 +208,12 @@ def _decode_b64(text: Any, dtype: np.dtype, shape: tuple[int, ...] | None,
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
-def encode(array: Any, *, base64_encoding: bool = False) -> dict[str, Any]:
+def encode(array: Any, *, encoding: str = "json") -> dict[str, Any]:
     """Encode an array as a response tensor object.
 
-    `data` holds NumPy values, which the service's orjson serialiser writes natively.
+    `encoding` is "json" (`data`: NumPy values, which the service's orjson serialiser writes
+    natively), "base64" (`b64`: the raw bytes) or "none" (dtype and shape only, for results
+    a client keeps on the server and does not need to see).
 
     >>> encode(np.float32(8.0))["shape"]
     []
@@ -222,7 +224,9 @@ def encode(array: Any, *, base64_encoding: bool = False) -> dict[str, Any]:
         array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)
         name = dtype_name(array.dtype)
     out: dict[str, Any] = {"dtype": name, "shape": list(array.shape)}
-    if base64_encoding:
+    if encoding == "none":
+        return out
+    if encoding == "base64":
         out["b64"] = base64.b64encode(
             np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         ).decode("ascii")

@@ -8,13 +8,14 @@ from fastapi import Depends, Request
 
 from service.state import Services
 
+# async: FastAPI runs plain `def` dependencies in the thread pool, a hop per request
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def body_bytes(request: Request) -> int:
+async def body_bytes(request: Request) -> int:
     value = request.headers.get("content-length", "")
     return int(value) if value.isdigit() else 1 << 62
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from engine.cache import CompileCache
@@ -112,12 +111,10 @@ class Services:
         return await run_in_threadpool(work)
 
 
-def encode_tree(value: Any, base64: bool) -> Any:
+def encode_tree(value: Any, encoding: str) -> Any:
     """Encode every array in a nest of dicts as a response tensor; None stays null."""
     if value is None:
         return None
     if isinstance(value, dict):
-        return {k: encode_tree(v, base64) for k, v in value.items()}
-    if isinstance(value, np.ndarray | np.generic):
-        return encode(value, base64_encoding=base64)
-    return encode(np.asarray(value), base64_encoding=base64)
+        return {k: encode_tree(v, encoding) for k, v in value.items()}
+    return encode(value, encoding=encoding)

@@ -895,3 +895,21 @@ def test_default_attrs_written_out_give_the_same_graph_id(client: TestClient) ->
     other = {"nodes": [{"id": "y", "op": "sum", "args": ["x"], "attrs": {"keepdims": True}}]}
     ids = [client.post("/v1/graphs", json=g).json()["graph_id"] for g in (plain, spelled, other)]
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_encoding_none_answers_dtype_and_shape_only(client: TestClient) -> None:
+    r = client.post("/v1/gradient", json={"graph": TUTORIAL, "inputs": X, "target": "z",
+                                          "sources": ["x", "y"], "encoding": "none"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"value": {"dtype": "float32", "shape": []},
+                        "gradients": {"x": {"dtype": "float32", "shape": [2, 2]},
+                                      "y": {"dtype": "float32", "shape": []}}}
+
+
+@pytest.mark.parametrize("b64", ["AACAPw==\n", "AACAP w==", "AACAPw=", "AACA*w=="])
+def test_b64_is_decoded_strictly(client: TestClient, b64: str) -> None:
+    r = client.post("/v1/evaluate", json={
+        "graph": graph(node("y", "negative", "x")),
+        "inputs": {"x": {"dtype": "float32", "shape": [], "b64": b64}}})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body", "inputs", "x", "b64"]

@@ -901,3 +901,15 @@ def test_saved_gradient_with_output_gradients_is_recorded_on_the_outer_tape(
     close(g["x"], 6.0)
     s.stop(t)
     close(s.grad(t, "g", ["x"])["x"], 12.0)
+
+
+def test_saved_gradients_can_be_answered_without_data(client: TestClient) -> None:
+    s = Sess(client)
+    s.put("w", [1.0, 2.0], variable=True)
+    t = s.tape()
+    assert s.run(node("l", "sum", "w"), encoding="none") == {
+        "values": {"l": {"dtype": "float32", "shape": []}}}
+    s.stop(t)
+    grads = s.grad(t, "l", ["w"], save_as={"w": "g"}, encoding="none")
+    assert grads == {"w": {"dtype": "float32", "shape": [2]}}
+    assert s.get("g")["data"] == [1.0, 1.0]

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from engine.compute import Bound
 from service.deps import BodyBytes, ServicesDep
-from service.responses import FastJSONResponse
+from service.responses import FastJSONResponse, FastRoute
 from service.schemas.differentiation import (
     EvaluateRequest,
     EvaluateResponse,
@@ -27,7 +27,7 @@ from service.schemas.differentiation import (
 )
 from service.state import Services, encode_tree
 
-router = APIRouter(prefix="/v1", tags=["differentiation"])
+router = APIRouter(prefix="/v1", tags=["differentiation"], route_class=FastRoute)
 
 
 async def _answer(svc: Services, req: GraphRequest, size: int,
@@ -35,7 +35,7 @@ async def _answer(svc: Services, req: GraphRequest, size: int,
     program = svc.program(req.graph, req.graph_id)
 
     def work() -> Any:
-        return encode_tree(query(svc.bind(program, req.inputs)), req.encoding == "base64")
+        return encode_tree(query(svc.bind(program, req.inputs)), req.encoding)
 
     return FastJSONResponse(await svc.run(work, body_bytes=size))
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Response
 
 from engine.errors import EngineError
 from service.deps import ServicesDep
+from service.responses import FastRoute
 from service.schemas.graphs import Graph, GraphCreated, GraphOut
 
-router = APIRouter(prefix="/v1/graphs", tags=["graphs"])
+router = APIRouter(prefix="/v1/graphs", tags=["graphs"], route_class=FastRoute)
 
 
 @router.post("", response_model=GraphCreated, status_code=201,

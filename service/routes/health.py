@@ -9,8 +9,9 @@ from fastapi import APIRouter
 
 import engine
 from service.deps import ServicesDep
+from service.responses import FastRoute
 
-router = APIRouter(prefix="/v1", tags=["service"])
+router = APIRouter(prefix="/v1", tags=["service"], route_class=FastRoute)
 
 
 @router.get("/health/live")

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from engine.ops import OPS
-from service.responses import FastJSONResponse
+from service.responses import FastJSONResponse, FastRoute
 
-router = APIRouter(prefix="/v1/ops", tags=["ops"])
+router = APIRouter(prefix="/v1/ops", tags=["ops"], route_class=FastRoute)
 
 _CATALOGUE = [op.describe() for op in OPS.values()]
 

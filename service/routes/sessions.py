@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from service.deps import BodyBytes, ServicesDep
-from service.responses import FastJSONResponse
+from service.responses import FastJSONResponse, FastRoute
 from service.schemas.sessions import (
     CreateSession,
     PutTensor,
@@ -18,10 +18,10 @@ from service.schemas.sessions import (
     TensorInfo,
     Values,
 )
-from service.schemas.tensors import TensorOut
+from service.schemas.tensors import Encoding, TensorOut
 from service.state import encode_tree
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=FastRoute)
 
 
 def iso(timestamp: float) -> str:
@@ -60,9 +60,9 @@ async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesD
 
 @router.get("/{session_id}/tensors/{name}", response_model=TensorOut)
 async def get_tensor(session_id: str, name: str, svc: ServicesDep,
-                     encoding: str = "json") -> Any:
+                     encoding: Encoding = "json") -> Any:
     value = await svc.in_session(session_id, lambda s: svc.runtime.get_tensor(s, name))
-    return FastJSONResponse(encode_tree(value, encoding == "base64"))
+    return FastJSONResponse(encode_tree(value, encoding))
 
 
 @router.delete("/{session_id}/tensors/{name}", status_code=204)
@@ -77,4 +77,4 @@ async def run(session_id: str, body: RunRequest, svc: ServicesDep, size: BodyByt
     nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
     values = await svc.in_session(session_id, lambda s: svc.runtime.run(
         s, nodes, body.fetch, svc.settings.max_nodes), body_bytes=size, compute=True)
-    return FastJSONResponse({"values": encode_tree(values, body.encoding == "base64")})
+    return FastJSONResponse({"values": encode_tree(values, body.encoding)})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from engine.sessions.state import Session
 from service.deps import BodyBytes, ServicesDep
-from service.responses import FastJSONResponse
+from service.responses import FastJSONResponse, FastRoute
 from service.schemas.differentiation import HessianResponse, HvpResponse, JacobianResponse
 from service.schemas.sessions import (
     Gradients,
@@ -22,7 +22,7 @@ from service.schemas.sessions import (
 )
 from service.state import Services, encode_tree
 
-router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"])
+router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"], route_class=FastRoute)
 
 
 @router.post("", status_code=201, response_model=TapeCreated)
@@ -95,19 +95,19 @@ async def reset(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
     return await svc.in_session(session_id, work)
 
 
-async def _ask(svc: Services, session_id: str, tape_id: str, size: int, base64: bool,
+async def _ask(svc: Services, session_id: str, tape_id: str, size: int, encoding: str,
                query: Any) -> FastJSONResponse:
     result = await svc.in_session(
         session_id, lambda s: query(s, svc.runtime.tape(s, tape_id)), body_bytes=size,
         compute=True)
-    return FastJSONResponse(encode_tree(result, base64))
+    return FastJSONResponse(encode_tree(result, encoding))
 
 
 @router.post("/{tape_id}/gradient", response_model=Gradients)
 async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: ServicesDep,
                    size: BodyBytes) -> Any:
     """Gradient of target with respect to sources; `save_as` keeps the results."""
-    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+    return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.gradient(
                           s, t, body.target, body.sources, body.output_gradients,
                           body.unconnected_gradients, body.save_as))
@@ -116,7 +116,7 @@ async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: Servi
 @router.post("/{tape_id}/jacobian", response_model=JacobianResponse)
 async def jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
                    size: BodyBytes) -> Any:
-    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+    return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.jacobian(
                           s, t, body.target, body.sources, body.unconnected_gradients))
 
@@ -125,7 +125,7 @@ async def jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: Services
 async def batch_jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
                          size: BodyBytes) -> Any:
     """Per-example Jacobians: [batch, target..., source...] (examples independent)."""
-    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+    return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.jacobian(
                           s, t, body.target, body.sources, body.unconnected_gradients,
                           batch=True))
@@ -134,7 +134,7 @@ async def batch_jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: Se
 @router.post("/{tape_id}/hvp", response_model=HvpResponse)
 async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
               size: BodyBytes) -> Any:
-    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+    return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hvp(
                           s, t, body.target, body.sources, body.vectors,
                           body.unconnected_gradients))
@@ -143,6 +143,6 @@ async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
 @router.post("/{tape_id}/hessian", response_model=HessianResponse)
 async def hessian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
                   size: BodyBytes) -> Any:
-    return await _ask(svc, session_id, tape_id, size, body.encoding == "base64",
+    return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hessian(
                           s, t, body.target, body.sources, body.unconnected_gradients))

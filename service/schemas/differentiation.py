@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.schemas.graphs import TUTORIAL_GRAPH, TUTORIAL_INPUTS, Graph
-from service.schemas.tensors import Tensor, TensorOut
+from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
 ONES = [[1, 1], [1, 1]]
@@ -26,8 +26,9 @@ class GraphRequest(BaseModel):
     graph: Graph | None = None
     graph_id: str | None = None
     inputs: dict[str, Tensor] = Field(default_factory=dict, description="{input: tensor}")
-    encoding: Literal["json", "base64"] = Field(
-        "json", description="'base64' answers tensors as b64 bytes instead of nested data")
+    encoding: Encoding = Field(
+        "json", description="'base64' answers tensors as b64 bytes instead of nested data; "
+        "'none' answers dtype and shape only")
 
     @model_validator(mode="after")
     def _one_graph(self) -> GraphRequest:

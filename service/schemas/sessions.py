@@ -7,10 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.schemas.graphs import Node
-from service.schemas.tensors import Tensor, TensorOut
+from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
-Encoding = Literal["json", "base64"]
 
 
 class Strict(BaseModel):

@@ -33,7 +33,9 @@ TENSOR_SCHEMA: dict[str, Any] = {
 
 Tensor = Annotated[Any, WithJsonSchema(TENSOR_SCHEMA)]
 
-Encoding = Literal["json", "base64"]
+Encoding = Literal["json", "base64", "none"]
+"""How response tensors are written: nested `data`, raw `b64` bytes, or dtype and shape only
+("none", for results kept on the server with `save_as` or bound by `run`)."""
 
 
 class TensorOut(BaseModel):
