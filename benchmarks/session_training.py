@@ -7,8 +7,8 @@ variables. One step is seven requests:
 1. PUT tensors/X and 2. PUT tensors/Y: the new batch, as b64 tensors;
 3. POST tapes: open a tape;
 4. POST run: the forward pass (13 nodes) with "fetch": [];
-5. POST tapes/{tid}/gradient: the loss wrt the six weights, save_as g_<W>, encoding base64
-   (the API always returns the gradients; base64 is the cheapest way to receive them);
+5. POST tapes/{tid}/gradient: the loss wrt the six weights, save_as g_<W>, encoding none
+   (dtype and shape only: the gradients stay on the server);
 6. POST run: u_<W> = multiply(g_<W>, lr) and assign_sub(<W>, u_<W>) for each weight, fetch [];
 7. DELETE the tape.
 
@@ -109,7 +109,7 @@ class SessionTrainer:
         timed("POST", f"{self.base}/run", {"nodes": self.forward, "fetch": []})
         grads = timed("POST", f"{self.base}/tapes/{tape}/gradient", {
             "target": "loss", "sources": list(WEIGHTS),
-            "save_as": {name: f"g_{name}" for name in WEIGHTS}, "encoding": "base64"})
+            "save_as": {name: f"g_{name}" for name in WEIGHTS}, "encoding": "none"})
         timed("POST", f"{self.base}/run", {"nodes": self.updates, "fetch": []})
         timed("DELETE", f"{self.base}/tapes/{tape}")
         elapsed = time.perf_counter() - start
@@ -181,7 +181,7 @@ def attribution(weights: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray,
     program = parse_graph(mlp_graph(), max_nodes=10_000, max_elements=50_000_000)
     bound = engine.bind_values(program, {"X": X, "Y": Y, **weights})
     grads = engine.gradient(bound, "loss", WEIGHTS)["gradients"]
-    response = orjson.dumps({"gradients": {k: encode(v, base64_encoding=True)
+    response = orjson.dumps({"gradients": {k: encode(v, encoding="base64")
                                            for k, v in grads.items()}})
     wire_x = b64(X)
     jax_step = jax_step_fn()
@@ -198,7 +198,7 @@ def attribution(weights: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray,
         "server compute: gradient (Engine.gradient: forward again + backward)": lambda:
             engine.gradient(bound, "loss", WEIGHTS),
         "server: b64-encode the six gradients for the response": lambda: [
-            encode(g, base64_encoding=True) for g in grads.values()],
+            encode(g, encoding="base64") for g in grads.values()],
         f"client: json.loads of the gradient response ({len(response) / 1e6:.1f} MB)": lambda:
             json.loads(response),
         "client: b64 + json.dumps of the PUT X body": lambda: json.dumps({"value": b64(X)}),
