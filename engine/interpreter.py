@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from engine.errors import EngineError, InvalidGraph
-from engine.program import Eqn, Program, literal_type
+from engine.program import Eqn, Program
 
 Aval = jax.ShapeDtypeStruct
 
@@ -34,25 +34,34 @@ def run_eqns(eqns: Iterable[Eqn], env: dict[str, Any], literals: tuple[Any, ...]
     return env
 
 
-def _checked_eqns(eqns: Iterable[Eqn], env: dict[str, Any],
-                  literals: tuple[Any, ...]) -> dict[str, Any]:
-    """`run_eqns` for type inference: each failure is reported against its node."""
-    for eqn in eqns:
-        args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
-        try:
-            out = eqn.prim.bind(*args, **dict(eqn.attrs))
-        except EngineError:
-            raise
-        except Exception as exc:  # JAX reports shape and dtype errors as several types
-            raise InvalidGraph(_describe_failure(eqn, args, exc), node=eqn.node) from None
-        results = out if eqn.prim.multi_output else (out,)
-        if len(results) != len(eqn.outs):
-            raise InvalidGraph(f"op {eqn.prim.name!r} gives {len(results)} results here, but "
-                               f"the id names {len(eqn.outs)}; list one id per result",
-                               node=eqn.node)
-        for name, value in zip(eqn.outs, results, strict=True):
-            env[name] = value
-    return env
+def infer_eqn(eqn: Eqn, args: list[Any]) -> tuple[Aval, ...]:
+    """Result types of one equation on abstract arguments, or InvalidGraph naming its node."""
+    def apply(*values: Any) -> Any:
+        return eqn.prim.bind(*values, **dict(eqn.attrs))
+
+    try:
+        out = jax.eval_shape(apply, *args)
+    except EngineError:
+        raise
+    except Exception as exc:  # JAX reports shape and dtype errors as several types
+        raise InvalidGraph(_describe_failure(eqn, args, exc), node=eqn.node) from None
+    results = tuple(out) if eqn.prim.multi_output else (out,)
+    if len(results) != len(eqn.outs):
+        raise InvalidGraph(f"op {eqn.prim.name!r} gives {len(results)} results here, but "
+                           f"the id names {len(eqn.outs)}; list one id per result",
+                           node=eqn.node)
+    return results
+
+
+def _signature(value: Any) -> Any:
+    if isinstance(value, bool | int | float):
+        return ("weak", type(value))
+    return (value.shape, value.dtype, getattr(value, "weak_type", False))
+
+
+def _abstract(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | Aval) else Aval(value.shape,
+                                                                           value.dtype)
 
 
 def _describe_failure(eqn: Eqn, args: list[Any], exc: Exception) -> str:
@@ -70,11 +79,15 @@ def _type_text(value: Any) -> str:
 
 
 class TypeCache:
-    """Bounded memo of inferred types, keyed by structure and argument types."""
+    """Bounded memo of inferred types: of whole programs, keyed by structure and input
+    types, and of single equations, keyed by op, attributes and argument types. A new graph
+    made of ops already seen on the same shapes is typed without tracing anything."""
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, eqn_capacity: int = 16384):
         self.capacity = capacity
+        self.eqn_capacity = eqn_capacity
         self._entries: OrderedDict[Any, dict[str, Aval]] = OrderedDict()
+        self._eqns: OrderedDict[Any, tuple[Aval, ...]] = OrderedDict()
         self._largest: dict[Any, tuple[int, str]] = {}
 
     @staticmethod
@@ -92,7 +105,7 @@ class TypeCache:
         if found is not None:
             self._entries.move_to_end(key)
             return found
-        avals = infer(program, input_avals)
+        avals = self._infer(program, input_avals)
         self._entries[key] = avals
         self._largest[key] = max(((math.prod(a.shape), n) for n, a in avals.items()),
                                  default=(0, ""))
@@ -106,10 +119,22 @@ class TypeCache:
         return self._largest[self._key(program, input_avals)]
 
 
-def infer(program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
-    def all_values(inputs: dict[str, Any], literals: tuple[Any, ...]) -> dict[str, Any]:
-        return _checked_eqns(program.eqns, dict(inputs), literals)
+    def _infer(self, program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
+        env: dict[str, Any] = dict(input_avals)
+        literals = [_abstract(v) for v in program.literals]
+        for eqn in program.eqns:
+            args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
+            key = (eqn.prim_key(), tuple(_signature(a) for a in args))
+            results = self._eqns.get(key)
+            if results is None:
+                results = infer_eqn(eqn, args)
+                self._eqns[key] = results
+                if len(self._eqns) > self.eqn_capacity:
+                    self._eqns.popitem(last=False)
+            env.update(zip(eqn.outs, results, strict=True))
+        return env
 
-    literal_avals = tuple(v if literal_type(v)[0] == "weak" else Aval(np.shape(v), v.dtype)
-                          for v in program.literals)
-    return jax.eval_shape(all_values, dict(input_avals), literal_avals)
+
+def infer(program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
+    """Shapes and dtypes of every name in `program` (uncached)."""
+    return TypeCache()._infer(program, input_avals)

@@ -45,10 +45,14 @@ class Eqn:
     outs: tuple[str, ...]
     node: str
 
+    def prim_key(self) -> Any:
+        """The primitive and its attributes: what its result types depend on, besides the
+        argument types."""
+        key = getattr(self.prim, "key", None)
+        return (key() if callable(key) else self.prim.name), self.attrs
+
     def key(self) -> tuple[Any, ...]:
-        prim_key = getattr(self.prim, "key", None)
-        return (prim_key() if callable(prim_key) else self.prim.name, self.attrs, self.args,
-                self.outs)
+        return (self.prim_key(), self.args, self.outs)
 
 
 def literal_type(value: Any) -> tuple[Any, ...]:
