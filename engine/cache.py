@@ -1,22 +1,27 @@
 """The compile cache: pure functions compiled once per (structure, query, argument types).
 
-Policy (see benchmarks/cold_start.py for the measurements behind it): the first time a key is
-seen the function runs eagerly, op by op, which costs far less than an XLA compile for a graph
-that may never come back; from the second time on, it is compiled with `jax.jit` and the
-compiled executable is reused for every later call with new values. `jit_after=0` compiles on
-first sight instead.
+Policy (see benchmarks/cold_start.py for the measurements behind it): the first `jit_after`
+calls of a key run eagerly, op by op, which costs far less than an XLA compile for a graph that
+may never come back; the next one compiles it with `jax.jit`, and the compiled executable
+serves every later call with new values. With `background=True` that compile runs in a
+background thread while calls go on eagerly, so no request waits for XLA. `jit_after=0`
+compiles on first sight, in the caller's thread.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+
+log = logging.getLogger("gradtape.engine")
 
 
 @dataclass
@@ -37,16 +42,19 @@ class _Entry:
     fn: Callable[..., Any]
     calls: int = 0
     compiled: Any = None
+    compiling: Future[None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class CompileCache:
     """A bounded LRU of pure functions and their compiled forms."""
 
-    def __init__(self, capacity: int = 512, jit_after: int = 1,
+    def __init__(self, capacity: int = 512, jit_after: int = 1, background: bool = False,
                  on_compile: Callable[[float], None] | None = None):
         self.capacity = capacity
         self.jit_after = jit_after
+        self.background = background
+        self._compiler = ThreadPoolExecutor(1, "gradtape-compile") if background else None
         self.stats = CacheStats()
         self._on_compile = on_compile
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
@@ -62,7 +70,13 @@ class CompileCache:
     def call(self, key: Hashable, build: Callable[[], Callable[..., Any]], *args: Any) -> Any:
         """Run the function cached under `key` (built by `build()` on a miss) on `args`."""
         entry = self._lookup(key, build)
-        if entry.compiled is None and entry.calls <= self.jit_after:
+        if entry.compiled is not None:
+            return entry.compiled(*args)
+        if entry.calls > self.jit_after and self._compiler is not None and self.jit_after:
+            with entry.lock:
+                if entry.compiling is None:
+                    entry.compiling = self._compiler.submit(self._compile_into, entry, args)
+        if entry.calls <= self.jit_after or entry.compiling is not None:
             with self._lock:
                 self.stats.eager_runs += 1
             return entry.fn(*args)
@@ -88,6 +102,18 @@ class CompileCache:
                 self._entries.move_to_end(key)
             entry.calls += 1
             return entry
+
+    def _compile_into(self, entry: _Entry, args: tuple[Any, ...]) -> None:
+        try:
+            entry.compiled, _ = self._compile(entry.fn, args)
+        except Exception:  # the key keeps running eagerly, as it did before
+            log.exception("background compile failed")
+
+    def wait(self) -> None:
+        """Block until every background compile submitted so far has finished."""
+        for entry in list(self._entries.values()):
+            if entry.compiling is not None:
+                entry.compiling.result()
 
     def _compile(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Any]:
         # `jax.jit` rather than an AOT `Compiled`: its C++ dispatch path is several times

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # compile cache
     compile_cache_size: int = Field(512, ge=1)
     jit_after: int = Field(1, ge=0, description="calls run eagerly before a key is compiled")
+    compile_in_background: bool = Field(
+        True, description="compile in a background thread while calls go on eagerly")
     inline_max_body_bytes: int = Field(
         16384, ge=0, description="requests up to this size whose query is already compiled "
         "run on the event loop; bigger or uncompiled ones run in a worker thread")

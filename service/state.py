@@ -41,6 +41,7 @@ class Services:
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Services:
         metrics = Metrics()
         cache = CompileCache(settings.compile_cache_size, settings.jit_after,
+                             background=settings.compile_in_background,
                              on_compile=metrics.compile_time.observe)
         metrics.watch_cache(cache)
         limits = Limits(max_nodes=settings.max_nodes, max_elements=settings.max_elements)

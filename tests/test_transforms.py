@@ -736,3 +736,24 @@ def test_take_with_integer_literal() -> None:
         grad = engine.gradient(bound, "z", ["p"])["gradients"]["p"]
         close(grad, np.where(np.arange(3) == k, 2 * p[k], 0).astype(np.float32), 0, "d/dp")
     assert engine.cache.stats.compiles == 2  # evaluate and gradient, once each
+
+
+def test_background_compile_keeps_calls_eager_until_it_is_ready() -> None:
+    """With background compiles the second call does not wait for XLA: it runs eagerly while
+    the compile goes on, and once that is done calls use the compiled code."""
+    from engine.cache import CompileCache
+
+    engine = Engine(cache=CompileCache(background=True))
+    program = parse({"nodes": [{"id": "y", "op": "sin", "args": ["x"]},
+                               {"id": "z", "op": "sum", "args": ["y"]}]})
+    for step in range(3):
+        x = np.linspace(0.0, 1.0, 5) + step
+        got = engine.gradient(bind(engine, program, {"x": x}), "z", ["x"])["gradients"]["x"]
+        close(got, np.cos(x), tol(np.float64))
+    engine.cache.wait()
+    eager = engine.cache.stats.eager_runs
+    assert engine.cache.stats.compiles == 1 and eager >= 2  # the second call did not wait
+    x = np.linspace(-1.0, 0.0, 5)
+    got = engine.gradient(bind(engine, program, {"x": x}), "z", ["x"])["gradients"]["x"]
+    close(got, np.cos(x), tol(np.float64))
+    assert engine.cache.stats.compiles == 1 and engine.cache.stats.eager_runs == eager
