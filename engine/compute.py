@@ -117,8 +117,9 @@ class Engine:
         avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
         if inline_limit.get() is not None:
             _check_inline(self.types.known(program, avals), 0)
-        types = self.types.infer(program, avals)
-        size, name = self.types.largest(program, avals)
+        typed = self.types.infer(program, avals)
+        types = typed.types
+        size, name = typed.largest
         if size > self.limits.max_elements:
             eqn = program.producer.get(name)
             raise TooLarge(f"{name!r} would have {size} elements (shape "

@@ -8,8 +8,10 @@ primitive and writes the results; it never looks at op names. Running it under a
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -81,14 +83,15 @@ def _type_text(value: Any) -> str:
 class TypeCache:
     """Bounded memo of inferred types: of whole programs, keyed by structure and input
     types, and of single equations, keyed by op, attributes and argument types. A new graph
-    made of ops already seen on the same shapes is typed without tracing anything."""
+    made of ops already seen on the same shapes is typed without tracing anything.
+    Thread-safe: requests run in worker threads."""
 
     def __init__(self, capacity: int = 1024, eqn_capacity: int = 16384):
         self.capacity = capacity
         self.eqn_capacity = eqn_capacity
-        self._entries: OrderedDict[Any, dict[str, Aval]] = OrderedDict()
+        self._entries: OrderedDict[Any, Typed] = OrderedDict()
         self._eqns: OrderedDict[Any, tuple[Aval, ...]] = OrderedDict()
-        self._largest: dict[Any, tuple[int, str]] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _key(program: Program, input_avals: Mapping[str, Aval]) -> Any:
@@ -98,26 +101,23 @@ class TypeCache:
     def known(self, program: Program, input_avals: Mapping[str, Aval]) -> bool:
         return self._key(program, input_avals) in self._entries
 
-    def infer(self, program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
-        """Shapes and dtypes of every name in `program`, or InvalidGraph naming the node."""
+    def infer(self, program: Program, input_avals: Mapping[str, Aval]) -> Typed:
+        """Shapes and dtypes of every name in `program` (and its biggest value), or
+        InvalidGraph naming the node."""
         key = self._key(program, input_avals)
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
         avals = self._infer(program, input_avals)
-        self._entries[key] = avals
-        self._largest[key] = max(((math.prod(a.shape), n) for n, a in avals.items()),
-                                 default=(0, ""))
-        if len(self._entries) > self.capacity:
-            old, _ = self._entries.popitem(last=False)
-            self._largest.pop(old, None)
-        return avals
-
-    def largest(self, program: Program, input_avals: Mapping[str, Aval]) -> tuple[int, str]:
-        """(elements, name) of the biggest value the program makes; after `infer`."""
-        return self._largest[self._key(program, input_avals)]
-
+        largest = max(((math.prod(a.shape), n) for n, a in avals.items()), default=(0, ""))
+        typed = Typed(avals, largest)
+        with self._lock:
+            self._entries[key] = typed
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return typed
 
     def _infer(self, program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
         env: dict[str, Any] = dict(input_avals)
@@ -125,14 +125,24 @@ class TypeCache:
         for eqn in program.eqns:
             args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
             key = (eqn.prim_key(), tuple(_signature(a) for a in args))
-            results = self._eqns.get(key)
+            with self._lock:
+                results = self._eqns.get(key)
             if results is None:
                 results = infer_eqn(eqn, args)
-                self._eqns[key] = results
-                if len(self._eqns) > self.eqn_capacity:
-                    self._eqns.popitem(last=False)
+                with self._lock:
+                    self._eqns[key] = results
+                    if len(self._eqns) > self.eqn_capacity:
+                        self._eqns.popitem(last=False)
             env.update(zip(eqn.outs, results, strict=True))
         return env
+
+
+@dataclass(frozen=True)
+class Typed:
+    """The inferred type of every name, and (elements, name) of the biggest value."""
+
+    types: dict[str, Aval]
+    largest: tuple[int, str]
 
 
 def infer(program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
