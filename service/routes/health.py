@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 import engine
 from service.deps import ServicesDep
@@ -14,14 +15,20 @@ from service.responses import FastRoute
 router = APIRouter(prefix="/v1", tags=["service"], route_class=FastRoute)
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
-@router.get("/health/ready")
-async def ready(svc: ServicesDep) -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/health/live", response_model=Health)
+async def live() -> Health:
+    """The process answers."""
+    return Health()
+
+
+@router.get("/health/ready", response_model=Health)
+async def ready(svc: ServicesDep) -> Health:
+    """The app's services are built and its lifespan has started."""
+    return Health()
 
 
 @router.get("/info")
