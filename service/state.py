@@ -72,8 +72,8 @@ class Services:
     async def in_session(self, session_id: str, work: Callable[[Session], T], *,
                          body_bytes: int = 0, compute: bool = False) -> T:
         """Run `work` on the session while holding its lock: one request at a time per
-        session. `compute` work (running ops, derivatives) goes to a worker thread unless
-        the request is small."""
+        session. `compute` work (decoding tensors, running ops, derivatives) goes through
+        `run`, which keeps only cheap work on the event loop."""
         async with self.sessions.lock(session_id):
             session = self.sessions.get(session_id)
             if not compute:

@@ -53,7 +53,7 @@ async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesD
                      size: BodyBytes) -> Any:
     """Bind `name` to a constant or a variable."""
     value = await svc.in_session(session_id, lambda s: svc.runtime.put_tensor(
-        s, name, body.value, body.variable, body.trainable), body_bytes=size)
+        s, name, body.value, body.variable, body.trainable), body_bytes=size, compute=True)
     return TensorInfo(name=name, dtype=value.dtype.name, shape=list(value.shape),
                       variable=body.variable, trainable=body.trainable and body.variable)
 
