@@ -191,9 +191,10 @@ class Engine:
         if extra:
             raise InvalidGraph(f"vector for {extra[0]!r}, which is not a source",
                                loc=("vectors", extra[0]))
+        checked = {s: self._like(bound, s, vectors[s], ("vectors", bound.label(s)))
+                   for s in names}  # every vector is checked, used or not
         live = self._live_sources(bound, (name,), names)
-        vecs = tuple(self._like(bound, s, vectors[s], ("vectors", bound.label(s)))
-                     for s in live)
+        vecs = tuple(checked[s] for s in live)
         query = self._query(bound, "hvp", (name,), live)
         value, grads, hvp = self._run(bound, query, self._source_values(bound, live), vecs)
         g, h = dict(zip(live, grads, strict=True)), dict(zip(live, hvp, strict=True))

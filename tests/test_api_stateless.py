@@ -913,3 +913,12 @@ def test_b64_is_decoded_strictly(client: TestClient, b64: str) -> None:
         "inputs": {"x": {"dtype": "float32", "shape": [], "b64": b64}}})
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["loc"] == ["body", "inputs", "x", "b64"]
+
+
+def test_hvp_checks_the_vector_of_an_unconnected_source(client: TestClient) -> None:
+    g = graph(node("z", "sum", "x"), inputs={"x": {}, "w": {}}, outputs=["z"])
+    r = client.post("/v1/hvp", json={"graph": g, "inputs": {"x": [1.0, 2.0], "w": [1.0]},
+                                     "target": "z", "sources": ["x", "w"],
+                                     "vectors": {"x": [1.0, 1.0], "w": [1.0, 2.0, 3.0]}})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body", "vectors", "w"]
