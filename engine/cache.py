@@ -128,7 +128,3 @@ class CompileCache:
         if self._on_compile is not None:
             self._on_compile(elapsed)
         return compiled, result
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()

@@ -143,8 +143,3 @@ class Typed:
 
     types: dict[str, Aval]
     largest: tuple[int, str]
-
-
-def infer(program: Program, input_avals: Mapping[str, Aval]) -> dict[str, Aval]:
-    """Shapes and dtypes of every name in `program` (uncached)."""
-    return TypeCache()._infer(program, input_avals)

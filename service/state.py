@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from engine.cache import CompileCache
-from engine.compute import Bound, Engine, Limits, Offload, inline_limit
+from engine.compute import Engine, Limits, Offload, inline_limit
 from engine.errors import EngineError
 from engine.interpreter import TypeCache
 from engine.program import Program
@@ -91,9 +91,6 @@ class Services:
             return self.registry.parse(graph.plain())
         except EngineError as exc:
             raise exc.with_loc("graph") from None
-
-    def bind(self, program: Program, inputs: dict[str, Any]) -> Bound:
-        return self.engine.bind(program, inputs)
 
     async def run(self, work: Callable[[], T], *, body_bytes: int) -> T:
         """Run `work` on the event loop when it is cheap (a small request whose query is

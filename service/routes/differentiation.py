@@ -35,7 +35,7 @@ async def _answer(svc: Services, req: GraphRequest, size: int,
     program = svc.program(req.graph, req.graph_id)
 
     def work() -> Any:
-        return encode_tree(query(svc.bind(program, req.inputs)), req.encoding)
+        return encode_tree(query(svc.engine.bind(program, req.inputs)), req.encoding)
 
     return FastJSONResponse(await svc.run(work, body_bytes=size))
 
