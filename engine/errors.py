@@ -63,3 +63,19 @@ class CapacityExceeded(EngineError):
     """A capacity limit is reached (too many sessions)."""
 
     title = "Capacity exceeded"
+
+
+CLIP = 64
+
+
+def clip(value: object, limit: int = CLIP) -> str:
+    """`repr(value)` cut to a short prefix, for echoing client strings in messages (a name
+    of megabytes must not make an error body of megabytes).
+
+    >>> clip("x" * 100, 8)
+    "'xxxxxxx...' (100 characters)"
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit - 1]!r}"[:-1] + f"...' ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
