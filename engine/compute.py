@@ -9,6 +9,7 @@ cache (keyed by structure, query and argument types, never by values) and run.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.cache import CompileCache
-from engine.errors import InvalidGraph, InvalidTensor, TooLarge
+from engine.cache import CompileCache, CompileInfo
+from engine.cost import Cost, estimate, human_bytes
+from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.interpreter import Aval, TypeCache
 from engine.program import Program
 from engine.tensors import decode
@@ -25,23 +27,33 @@ from engine.transforms import BUILDERS, Query
 
 inline_limit: ContextVar[int | None] = ContextVar("inline_limit", default=None)
 """When set (by a caller on an event loop), queries that are not already compiled, or whose
-inputs hold more elements than this, raise `Offload` instead of running."""
+estimated work is over this many floating-point operations, raise `Offload` instead of
+running."""
 
 
 class Offload(Exception):
     """This query is not a cheap dispatch; run it where it may block (a worker thread)."""
 
 
-def _check_inline(compiled: bool, elements: int) -> None:
+def check_inline(compiled: bool, flops: int) -> None:
+    """Raise `Offload` when running on an event loop and the work is not a cheap dispatch."""
     limit = inline_limit.get()
-    if limit is not None and (not compiled or elements > limit):
+    if limit is not None and (not compiled or flops > limit):
         raise Offload
 
 
 @dataclass(frozen=True)
 class Limits:
+    """Per request: nodes, arguments of one node, edges (arguments of all nodes), elements of
+    one tensor, and the estimated peak bytes, work and answer size of a query."""
+
     max_nodes: int = 10_000
     max_elements: int = 50_000_000
+    max_args_per_node: int = 1_000
+    max_edges: int = 100_000
+    max_request_bytes: int = 4 * 1024**3
+    max_request_flops: float = 1e12
+    max_response_bytes: int = 256 * 1024**2
 
 
 @dataclass
@@ -87,6 +99,7 @@ class Engine:
         self.limits = limits if limits is not None else Limits()
         self.cache = cache if cache is not None else CompileCache()
         self.types = types if types is not None else TypeCache()
+        self._costs: OrderedDict[Any, Cost] = OrderedDict()
 
     # ----- binding -----
 
@@ -95,7 +108,7 @@ class Engine:
         """Decode and check the input values, then infer every name's type."""
         unknown = [n for n in raw_inputs if n not in program.inputs]
         if unknown:
-            raise InvalidGraph(f"the graph has no input {unknown[0]!r}; its inputs: "
+            raise InvalidGraph(f"the graph has no input {clip(unknown[0])}; its inputs: "
                                f"{', '.join(program.inputs) or 'none'}", loc=(*loc, unknown[0]))
         values: dict[str, np.ndarray] = {}
         for name in program.inputs:
@@ -116,7 +129,7 @@ class Engine:
     def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
         avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
         if inline_limit.get() is not None:
-            _check_inline(self.types.known(program, avals), 0)
+            check_inline(self.types.known(program, avals), 0)
         typed = self.types.infer(program, avals)
         types = typed.types
         size, name = typed.largest
@@ -129,11 +142,14 @@ class Engine:
 
     # ----- queries -----
 
-    def evaluate(self, bound: Bound, outputs: Sequence[str] | None = None) -> dict[str, Any]:
+    def evaluate(self, bound: Bound, outputs: Sequence[str] | None = None, *,
+                 answered: bool = True) -> dict[str, Any]:
+        """Values of `outputs`. `answered=False`: the values are kept on the server (a
+        session's run), so the answer-size limit does not apply to them."""
         names = tuple(outputs) if outputs else bound.program.outputs
         for i, name in enumerate(names):
             self._check_defined(bound, name, ("outputs", i))
-        values = self._run(bound, Query("evaluate", names), (), None)
+        values = self._run(bound, Query("evaluate", names), (), None, answered=answered)
         return dict(zip(names, values, strict=True))
 
     def gradient(self, bound: Bound, target: str | Sequence[str],
@@ -169,8 +185,11 @@ class Engine:
         narrow = any(bound.types[x].dtype.itemsize > bound.types[name].dtype.itemsize
                      for x in live)
         mode = "fwd" if in_size < out_size and not narrow else "rev"
-        query = self._query(bound, "jacobian", (name,), live, mode=mode)
-        value, jac = self._run(bound, query, self._source_values(bound, live), None)
+        if live:
+            query = self._query(bound, "jacobian", (name,), live, mode=mode)
+            value, jac = self._run(bound, query, self._source_values(bound, live), None)
+        else:  # nothing to differentiate: JAX is not asked for a derivative of no source
+            value, jac = self._value_only(bound, name), ()
         # forward mode yields the target's dtype, reverse the source's: answer the latter
         found = {s: np.asarray(j).astype(bound.types[s].dtype, copy=False)
                  for s, j in zip(live, jac, strict=True)}
@@ -189,7 +208,7 @@ class Engine:
                                "needs one tensor per source, shaped like it", loc=("vectors",))
         extra = [s for s in vectors if s not in names]
         if extra:
-            raise InvalidGraph(f"vector for {extra[0]!r}, which is not a source",
+            raise InvalidGraph(f"vector for {clip(extra[0])}, which is not a source",
                                loc=("vectors", extra[0]))
         checked = {s: self._like(bound, s, vectors[s], ("vectors", bound.label(s)))
                    for s in names}  # every vector is checked, used or not
@@ -210,8 +229,11 @@ class Engine:
         live = self._live_sources(bound, (name,), names)
         in_size = sum(math.prod(bound.shape(s)) for s in live)
         self._check_result_size(in_size * in_size, "hessian", "use hvp for products with it")
-        query = self._query(bound, "hessian", (name,), live)
-        value, grads, hess = self._run(bound, query, self._source_values(bound, live), None)
+        if live:
+            query = self._query(bound, "hessian", (name,), live)
+            value, grads, hess = self._run(bound, query, self._source_values(bound, live), None)
+        else:
+            value, grads, hess = self._value_only(bound, name), (), ()
         g = dict(zip(live, grads, strict=True))
         blocks = {(a, b): hess[i][j] for i, a in enumerate(live) for j, b in enumerate(live)}
         return {"value": value,
@@ -246,20 +268,71 @@ class Engine:
 
     # ----- helpers -----
 
+    def _value_only(self, bound: Bound, name: str) -> Any:
+        return self._run(bound, Query("evaluate", (name,)), (), None)[0]
+
     def _check_result_size(self, size: int, what: str, instead: str) -> None:
         if size > self.limits.max_elements:
             raise TooLarge(f"the {what} would have {size} elements; the limit is "
                            f"{self.limits.max_elements} (GRADTAPE_MAX_ELEMENTS): {instead}")
 
-    def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any) -> Any:
+    def cost(self, bound: Bound, query: Query, key: Any = None) -> Cost:
+        """The query's estimated cost (memoised by structure, query and types)."""
+        key = key if key is not None else (bound.program.structure_key, query,
+                                           _avals_key(bound.inputs))
+        found = self._costs.get(key)
+        if found is None:
+            found = estimate(bound.program, bound.types, query)
+            self._costs[key] = found
+            if len(self._costs) > 4096:
+                self._costs.popitem(last=False)
+        return found
+
+    def admit(self, bound: Bound, query: Query, cost: Cost, answered: bool = True) -> None:
+        """TooLarge, before anything runs, when the estimate is over a limit."""
+        limits = self.limits
+        size, name = cost.largest
+        eqn = bound.program.producer.get(name)
+        node = eqn.node if eqn is not None else None
+        what = f"the {query.kind}"
+        if cost.peak_bytes > limits.max_request_bytes:
+            aval = bound.types.get(name)
+            value = (f"{bound.label(name)!r} (shape {list(aval.shape)}, {aval.dtype.name}, "
+                     f"{human_bytes(size)})") if aval is not None else "none"
+            if cost.expansion > 1:
+                per = "source element" if query.kind == "hessian" or query.mode == "fwd" \
+                    else "target element"
+                why = (f"it carries {cost.expansion} copies of the forward values at once (one "
+                       f"per {per}); the biggest forward value is {value}")
+            else:
+                why = f"the biggest value is {value}"
+            raise TooLarge(f"{what} would need about {human_bytes(cost.peak_bytes)} of memory "
+                           f"at its peak (estimate); the limit is "
+                           f"{human_bytes(limits.max_request_bytes)} "
+                           f"(GRADTAPE_MAX_REQUEST_BYTES): {why}. {_ADVICE[query.kind]}",
+                           node=node if cost.expansion == 1 else None)
+        if cost.flops > limits.max_request_flops:
+            raise TooLarge(f"{what} would take about {cost.flops:.3g} floating-point "
+                           f"operations (estimate); the limit is "
+                           f"{limits.max_request_flops:.3g} (GRADTAPE_MAX_REQUEST_FLOPS). "
+                           f"{_ADVICE[query.kind]}")
+        if answered and cost.result_bytes > limits.max_response_bytes:
+            raise TooLarge(f"the answer would hold {human_bytes(cost.result_bytes)} of tensors; "
+                           f"the limit is {human_bytes(limits.max_response_bytes)} "
+                           "(GRADTAPE_MAX_RESPONSE_BYTES): ask for fewer or smaller results")
+
+    def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
+             answered: bool = True) -> Any:
         program = bound.program
         key = (program.structure_key, query, _avals_key(bound.inputs), _avals_key(sources),
                _avals_key(extra), program.literal_types)
+        cost = self.cost(bound, query, key)
+        self.admit(bound, query, cost, answered)
         if inline_limit.get() is not None:
-            _check_inline(self.cache.is_compiled(key),
-                          sum(v.size for v in bound.inputs.values()))
+            check_inline(self.cache.is_compiled(key), cost.flops)
+        info = CompileInfo(query.kind, cost.eqns, cost.expansion)
         out = self.cache.call(key, lambda: BUILDERS[query.kind](program, query),
-                              bound.inputs, program.literals, sources, extra)
+                              bound.inputs, program.literals, sources, extra, info=info)
         return _to_host(out)
 
     def _query(self, bound: Bound, kind: str, targets: tuple[str, ...],
@@ -270,7 +343,7 @@ class Engine:
 
     def _check_defined(self, bound: Bound, name: Any, loc: tuple[str | int, ...]) -> None:
         if not isinstance(name, str) or not bound.program.defines(name):
-            raise InvalidGraph(f"{name!r} is not an input or a node of the graph", loc=loc)
+            raise InvalidGraph(f"{clip(name)} is not an input or a node of the graph", loc=loc)
 
     def _targets(self, bound: Bound, target: str | Sequence[str],
                  single: str | None = None) -> tuple[str, ...]:
@@ -349,7 +422,8 @@ class Engine:
             missing = [t for t in targets if t not in raw]
             extra = [k for k in raw if k not in targets]
             if extra:
-                raise InvalidGraph(f"output_gradients names {extra[0]!r}, which is not a target",
+                raise InvalidGraph(f"output_gradients names {clip(extra[0])}, which is not a "
+                                   "target",
                                    loc=("output_gradients", extra[0]))
             if missing:
                 raise InvalidGraph(f"output_gradients has no entry for target {missing[0]!r}",
@@ -360,3 +434,14 @@ class Engine:
             raise InvalidGraph("with a list of targets, output_gradients is a map "
                                "{target: tensor}", loc=("output_gradients",))
         return (self._like(bound, targets[0], raw, ("output_gradients",)),)
+
+
+_ADVICE = {
+    "evaluate": "Use smaller inputs or shapes, or split the graph into several requests.",
+    "gradient": "Use smaller inputs or shapes, or split the graph into several requests.",
+    "jvp": "Use smaller inputs or shapes, or split the graph into several requests.",
+    "hvp": "Use smaller inputs or shapes, or split the graph into several requests.",
+    "jacobian": "Ask for fewer sources, or use gradient with output_gradients (a VJP) or jvp "
+                "for products with the Jacobian.",
+    "hessian": "Ask for fewer sources, or use hvp for products with the Hessian.",
+}

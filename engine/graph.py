@@ -17,7 +17,7 @@ import orjson
 
 from engine.attrs import AttrError
 from engine.dtypes import DTYPES
-from engine.errors import InvalidGraph, TooLarge
+from engine.errors import InvalidGraph, TooLarge, clip
 from engine.ops import Op, lookup, suggest
 from engine.program import Eqn, Program
 from engine.tensors import decode, encode, is_tensor_object
@@ -35,15 +35,20 @@ class ResolvedNode:
 
 
 def node_label(node: Mapping[str, Any], index: int) -> str:
+    """How errors name a node: its id (cut short when long), or its position."""
     ident = node.get("id")
+    label = None
     if isinstance(ident, str):
-        return ident
-    if isinstance(ident, list) and ident and all(isinstance(i, str) for i in ident):
-        return ",".join(ident)
-    return f"#{index}"
+        label = ident
+    elif isinstance(ident, list) and ident and all(isinstance(i, str) for i in ident):
+        label = ",".join(ident)
+    if label is None:
+        return f"#{index}"
+    return label if len(label) <= 200 else f"{label[:190]}... (#{index})"
 
 
-def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int) -> ResolvedNode:
+def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int,
+                 max_args: int | None = None) -> ResolvedNode:
     """Check one node's id, op, arity and attributes."""
     label = node_label(node, index)
     ident = node.get("id")
@@ -56,7 +61,7 @@ def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int) 
     if op is None:
         hint = suggest(name) if isinstance(name, str) else []
         did_you_mean = f"; did you mean {' or '.join(map(repr, hint))}?" if hint else ""
-        raise InvalidGraph(f"unknown op {name!r}{did_you_mean} GET /v1/ops lists every op",
+        raise InvalidGraph(f"unknown op {clip(name)}{did_you_mean} GET /v1/ops lists every op",
                            node=label, loc=(*loc, "op"))
     if len(outs) > 1 and not op.multi_output:
         raise InvalidGraph(f"op {op.name!r} has one result, but the id lists {len(outs)} names",
@@ -64,6 +69,10 @@ def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int) 
     args = node.get("args", [])
     if not isinstance(args, list):
         raise InvalidGraph("args must be a list", node=label, loc=(*loc, "args"))
+    if max_args is not None and len(args) > max_args:
+        raise TooLarge(f"{len(args)} arguments; the limit is {max_args} per node "
+                       "(GRADTAPE_MAX_ARGS_PER_NODE): combine them in several steps",
+                       node=label, loc=(*loc, "args"))
     if len(args) < op.min_args or (op.max_args is not None and len(args) > op.max_args):
         raise InvalidGraph(f"op {op.name!r} takes {_arity_text(op)}, got {len(args)}",
                            node=label, loc=(*loc, "args"))
@@ -86,7 +95,7 @@ def check_attrs(op: Op, attrs: Any, label: str,
     unknown = sorted(set(attrs) - set(op.attrs))
     if unknown:
         allowed = ", ".join(op.attrs) or "none"
-        raise InvalidGraph(f"op {op.name!r} has no attribute {unknown[0]!r}; its attributes: "
+        raise InvalidGraph(f"op {op.name!r} has no attribute {clip(unknown[0])}; its attributes: "
                            f"{allowed}", node=label, loc=(*loc, "attrs", unknown[0]))
     out = []
     for key, spec in op.attrs.items():
@@ -111,7 +120,8 @@ def decode_literal(value: Any, loc: Sequence[str | int], max_elements: int) -> A
     return decode(value, loc, max_elements=max_elements)
 
 
-def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) -> Program:
+def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
+                max_args: int | None = None, max_edges: int | None = None) -> Program:
     """Check a graph's structure and build its Program.
 
     >>> p = parse_graph({"nodes": [{"id": "y", "op": "reduce_sum", "args": ["x"]}]},
@@ -125,6 +135,12 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) 
     if len(nodes) > max_nodes:
         raise TooLarge(f"the graph has {len(nodes)} nodes; the limit is {max_nodes} "
                        "(GRADTAPE_MAX_NODES)", loc=("nodes",))
+    if max_edges is not None:
+        edges = sum(len(n["args"]) for n in nodes
+                    if isinstance(n, dict) and isinstance(n.get("args"), list))
+        if edges > max_edges:
+            raise TooLarge(f"the graph's nodes have {edges} arguments in all; the limit is "
+                           f"{max_edges} (GRADTAPE_MAX_EDGES)", loc=("nodes",))
     declared = graph.get("inputs")
     inputs, dtypes, shapes = _parse_inputs(declared)
     implicit_inputs = declared is None
@@ -136,7 +152,7 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) 
         loc = ("nodes", i)
         if not isinstance(node, dict):
             raise InvalidGraph("a node must be an object with id, op and args", loc=loc)
-        res = resolve_node(node, loc, i)
+        res = resolve_node(node, loc, i, max_args)
         args: list[str | int] = []
         for j, arg in enumerate(res.args):
             if isinstance(arg, str):
@@ -158,7 +174,7 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int) 
         for out in res.outs:
             if out in defined:
                 what = "an input" if out in inputs else "an earlier node"
-                raise InvalidGraph(f"id {out!r} is already {what}; node ids are unique in a "
+                raise InvalidGraph(f"id {clip(out)} is already {what}; node ids are unique in a "
                                    "graph (rename this node)", node=res.node, loc=(*loc, "id"))
             defined.add(out)
         eqns.append(Eqn(res.op, res.attrs, tuple(args), res.outs, res.node))
@@ -176,11 +192,11 @@ def _ids(ident: Any) -> tuple[str, ...]:
 
 def _undefined(name: str, node: str, later: set[str], implicit: bool) -> str:
     if name in later:
-        return (f"{name!r} is used before the node that defines it; nodes run in list order, "
+        return (f"{clip(name)} is used before the node that defines it; nodes run in list order, "
                 "so move that node earlier")
     fix = "define it in an earlier node" if implicit else \
         "declare it under inputs or define it in an earlier node"
-    return f"undefined name {name!r}: {fix}"
+    return f"undefined name {clip(name)}: {fix}"
 
 
 def _parse_inputs(declared: Any) -> tuple[list[str], dict[str, str | None],
@@ -198,11 +214,11 @@ def _parse_inputs(declared: Any) -> tuple[list[str], dict[str, str | None],
                                loc=("inputs", name))
         unknown = set(spec) - {"dtype", "shape"}
         if unknown:
-            raise InvalidGraph(f"unknown input field(s) {sorted(unknown)}; an input has dtype "
+            raise InvalidGraph(f"unknown input field(s) {clip(sorted(unknown))}; an input has dtype "
                                "and shape", loc=("inputs", name))
         dtype = spec.get("dtype")
-        if dtype is not None and dtype not in DTYPES:
-            raise InvalidGraph(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}",
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
+            raise InvalidGraph(f"unknown dtype {clip(dtype)}; use one of {', '.join(DTYPES)}",
                                loc=("inputs", name, "dtype"))
         shape = spec.get("shape")
         if shape is not None and not (isinstance(shape, list) and all(
@@ -223,7 +239,7 @@ def _parse_outputs(outputs: Any, defined: set[str], eqns: list[Eqn]) -> tuple[st
         raise InvalidGraph("outputs must be a list of names", loc=("outputs",))
     for i, name in enumerate(outputs):
         if name not in defined:
-            raise InvalidGraph(f"output {name!r} is not an input or a node id",
+            raise InvalidGraph(f"output {clip(name)} is not an input or a node id",
                                loc=("outputs", i))
     return tuple(outputs)
 

@@ -49,6 +49,8 @@ class Op:
     differentiable: bool = True
     multi_output: bool = False
     category: str = ""
+    work: str = "elementwise"  # how its cost grows: see engine/cost.py
+    indices: int | None = None  # the argument holding integer indices into args[0]
 
     def bind(self, *args: Any, **attrs: Any) -> Any:
         return self.fn(*args, **attrs)
@@ -85,9 +87,10 @@ def section(name: str) -> None:
 
 def op(name: str, fn: Callable[..., Any], arity: int | tuple[int, int | None], doc: str,
        *aliases: str, attrs: Mapping[str, Attr] | None = None, diff: bool = True,
-       multi: bool = False) -> None:
+       multi: bool = False, work: str = "elementwise", indices: int | None = None) -> None:
     lo, hi = (arity, arity) if isinstance(arity, int) else arity
-    _TABLE.append(Op(name, fn, lo, hi, doc, dict(attrs or {}), aliases, diff, multi, _category))
+    _TABLE.append(Op(name, fn, lo, hi, doc, dict(attrs or {}), aliases, diff, multi, _category,
+                     work, indices))
 
 
 AXIS = {"axis": Axes(None, "axis or axes to reduce; null reduces all"),
@@ -249,7 +252,7 @@ op("cumsum", jnp.cumsum, 1, "Running sum along axis: y_i = sum_{j<=i} x_j.", "ma
    attrs={"axis": Axes(None, "axis; null flattens first", allow_list=False)})
 op("cumprod", jnp.cumprod, 1, "Running product along axis: y_i = prod_{j<=i} x_j.",
    "math.cumprod", attrs={"axis": Axes(None, "axis; null flattens first", allow_list=False)})
-op("sort", jnp.sort, 1, "Values sorted ascending along axis.",
+op("sort", jnp.sort, 1, "Values sorted ascending along axis.", work="sort",
    attrs={"axis": Axes(-1, allow_list=False)})
 
 # ----- Shape and indexing -----
@@ -274,10 +277,10 @@ op("stack", lambda *xs, axis=0: jnp.stack(xs, axis=axis), (1, VARIADIC),
 op("split", _split, 1, "Split into equal sections or at indices along axis (several results).",
    multi=True, attrs={"indices_or_sections": IntOrIntList(), "axis": Int(0)})
 op("take", jnp.take, 2, "Elements of x at integer indices along axis (null: flattened x).",
-   attrs={"axis": Axes(None, allow_list=False)})
+   attrs={"axis": Axes(None, allow_list=False)}, indices=1)
 op("gather", lambda p, i, axis=0: jnp.take(p, i, axis=axis), 2,
    "Slices of params at integer indices along axis (TensorFlow's gather).",
-   attrs={"axis": Int(0)})
+   attrs={"axis": Int(0)}, indices=1)
 op("slice", _slice, 1, "x[begin : begin + size] on every axis (size -1: to the end).",
    attrs={"begin": IntList(minimum=0), "size": IntList(minimum=-1)})
 op("pad", jnp.pad, 1, "Pad with constant values: pad_width is [[before, after], ...].",
@@ -303,31 +306,35 @@ op("diag", jnp.diag, 1, "A vector's diagonal matrix, or a matrix's diagonal.", "
 
 # ----- Linear algebra -----
 section("linear algebra")
-op("matmul", jnp.matmul, 2, "Matrix product, batched over leading axes: x @ y.", "linalg.matmul")
-op("dot", jnp.dot, 2, "NumPy dot: sum over the last axis of x and the second-to-last of y.")
+op("matmul", jnp.matmul, 2, "Matrix product, batched over leading axes: x @ y.", "linalg.matmul",
+   work="matmul")
+op("dot", jnp.dot, 2, "NumPy dot: sum over the last axis of x and the second-to-last of y.",
+   work="matmul")
 op("vdot", jnp.vdot, 2, "Inner product of the flattened tensors: sum_i x_i y_i.")
-op("inner", jnp.inner, 2, "Sum over the last axes: sum_k x[..., k] y[..., k].")
+op("inner", jnp.inner, 2, "Sum over the last axes: sum_k x[..., k] y[..., k].",
+   work="matmul")
 op("outer", jnp.outer, 2, "Outer product of flattened vectors: x_i y_j.")
 op("tensordot", jnp.tensordot, 2, "Contract x and y over `axes` (a count or a pair of lists).",
-   attrs={"axes": IntOrIntList(2)})
+   work="contract", attrs={"axes": IntOrIntList(2)})
 op("einsum", lambda *xs, subscripts: jnp.einsum(subscripts, *xs), (1, VARIADIC),
-   "Einstein summation by subscripts, e.g. 'ij,jk->ik'.", "linalg.einsum",
+   "Einstein summation by subscripts, e.g. 'ij,jk->ik'.", "linalg.einsum", work="contract",
    attrs={"subscripts": Str()})
 op("cross", jnp.cross, 2, "Cross product of 3-vectors along the last axis.", "linalg.cross")
 op("kron", jnp.kron, 2, "Kronecker product.")
 op("trace", jnp.trace, 1, "Sum of the diagonal: sum_i x_ii.", "linalg.trace",
    attrs={"offset": Int(0), "axis1": Int(0), "axis2": Int(1)})
-op("inv", jnp.linalg.inv, 1, "Matrix inverse: x^-1 (batched).", "linalg.inv")
-op("solve", jnp.linalg.solve, 2, "x such that a @ x = b.", "linalg.solve")
-op("det", jnp.linalg.det, 1, "Determinant (batched).", "linalg.det")
+op("inv", jnp.linalg.inv, 1, "Matrix inverse: x^-1 (batched).", "linalg.inv", work="cubic")
+op("solve", jnp.linalg.solve, 2, "x such that a @ x = b.", "linalg.solve", work="cubic")
+op("det", jnp.linalg.det, 1, "Determinant (batched).", "linalg.det", work="cubic")
 op("slogdet", lambda x: tuple(jnp.linalg.slogdet(x)), 1,
-   "Sign and ln|det(x)| (two results).", "linalg.slogdet", multi=True)
-op("logdet", lambda x: jnp.linalg.slogdet(x)[1], 1, "ln|det(x)|.", "linalg.logdet")
+   "Sign and ln|det(x)| (two results).", "linalg.slogdet", multi=True, work="cubic")
+op("logdet", lambda x: jnp.linalg.slogdet(x)[1], 1, "ln|det(x)|.", "linalg.logdet",
+   work="cubic")
 op("cholesky", jnp.linalg.cholesky, 1, "Lower factor L of a positive-definite x = L L^T.",
-   "linalg.cholesky")
+   "linalg.cholesky", work="cubic")
 op("triangular_solve", _triangular_solve, 2,
    "x such that a @ x = b for triangular a (a^T @ x = b when adjoint).",
-   "linalg.triangular_solve", "solve_triangular",
+   "linalg.triangular_solve", "solve_triangular", work="cubic",
    attrs={"lower": Bool(True), "adjoint": Bool(False)})
 
 # ----- Types and gradient control -----
@@ -366,7 +373,11 @@ def lookup(name: str) -> Op | None:
 
 
 def suggest(name: str) -> list[str]:
-    """Close op names, for 'did you mean' messages."""
+    """Close op names, for 'did you mean' messages (none for names far longer than any op:
+    matching costs time in proportion to the name's length)."""
     import difflib
+
+    if len(name) > 64:
+        return []
 
     return difflib.get_close_matches(name, list(_LOOKUP), n=3, cutoff=0.6)

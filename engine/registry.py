@@ -1,4 +1,9 @@
-"""Registered graphs, content-addressed by the hash of their canonical form."""
+"""Registered graphs, content-addressed by the hash of their canonical form.
+
+The registry is bounded by count and by bytes: each graph is kept as the compact JSON it was
+sent as (not as Python objects, which take several times the room) plus its parsed Program,
+whose constants are counted by their array bytes.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,46 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import NotFound
+import orjson
+
+from engine.compute import Limits
+from engine.cost import human_bytes
+from engine.errors import NotFound, TooLarge, clip
 from engine.graph import canonical_form, graph_id, parse_graph
 from engine.program import Program
+
+EQN_OVERHEAD = 400  # bytes of one parsed equation with its tuples, measured with tracemalloc
 
 
 @dataclass(frozen=True)
 class RegisteredGraph:
     graph_id: str
-    graph: dict[str, Any]
+    graph_json: bytes  # the graph as it was sent, serialized
     program: Program
+    nbytes: int
+
+    @property
+    def graph(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.graph_json)
+        return parsed
 
 
 class GraphRegistry:
     """A bounded LRU of registered graphs."""
 
-    def __init__(self, capacity: int, max_nodes: int, max_elements: int):
+    def __init__(self, capacity: int, limits: Limits | None = None,
+                 max_bytes: int = 512 * 1024**2):
         self.capacity = capacity
-        self.max_nodes = max_nodes
-        self.max_elements = max_elements
+        self.limits = limits if limits is not None else Limits()
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._graphs: OrderedDict[str, RegisteredGraph] = OrderedDict()
         self._lock = threading.Lock()
 
     def parse(self, graph: Mapping[str, Any]) -> Program:
-        return parse_graph(graph, max_nodes=self.max_nodes, max_elements=self.max_elements)
+        limits = self.limits
+        return parse_graph(graph, max_nodes=limits.max_nodes, max_elements=limits.max_elements,
+                           max_args=limits.max_args_per_node, max_edges=limits.max_edges)
 
     def register(self, graph: Mapping[str, Any]) -> tuple[RegisteredGraph, bool]:
         """Register `graph`; returns it and whether it was new."""
@@ -42,10 +63,23 @@ class GraphRegistry:
             if known is not None:
                 self._graphs.move_to_end(gid)
                 return known, False
-            entry = RegisteredGraph(gid, dict(graph), program)
+        blob = orjson.dumps(graph, option=orjson.OPT_SERIALIZE_NUMPY)
+        size = len(blob) + EQN_OVERHEAD * len(program.eqns) + sum(
+            getattr(lit, "nbytes", 8) for lit in program.literals)
+        if size > self.max_bytes:
+            raise TooLarge(f"the graph takes {human_bytes(size)} to keep; registered graphs "
+                           f"hold at most {human_bytes(self.max_bytes)} "
+                           "(GRADTAPE_GRAPH_CACHE_BYTES): send large constants as inputs "
+                           "instead")
+        entry = RegisteredGraph(gid, blob, program, size)
+        with self._lock:
+            if gid in self._graphs:  # registered by another thread meanwhile
+                return self._graphs[gid], False
             self._graphs[gid] = entry
-            if len(self._graphs) > self.capacity:
-                self._graphs.popitem(last=False)
+            self.nbytes += size
+            while len(self._graphs) > self.capacity or self.nbytes > self.max_bytes:
+                _, dropped = self._graphs.popitem(last=False)
+                self.nbytes -= dropped.nbytes
             return entry, True
 
     def get(self, gid: str) -> RegisteredGraph:
@@ -54,8 +88,9 @@ class GraphRegistry:
             if entry is not None:
                 self._graphs.move_to_end(gid)
         if entry is None:
-            raise NotFound(f"unknown graph_id {gid!r}: register the graph with POST /v1/graphs "
-                           "(registered graphs are kept in memory and may have been evicted)")
+            raise NotFound(f"unknown graph_id {clip(gid)}: register the graph with POST "
+                           "/v1/graphs (registered graphs are kept in memory and may have been "
+                           "evicted)")
         return entry
 
     def __len__(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from contextvars import ContextVar
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +51,15 @@ class BodyLimitMiddleware:
         await problem(413, self._detail(), slug="too-large")(scope, receive, send)
 
 
+api_key_owner: ContextVar[str | None] = ContextVar("api_key_owner", default=None)
+"""A digest of the request's API key (None without keys): sessions belong to it. The key
+itself is never kept."""
+
+
+def key_digest(key: bytes) -> str:
+    return hashlib.sha256(b"gradtape-owner:" + key).hexdigest()[:32]
+
+
 class ApiKeyMiddleware:
     """When keys are configured, /v1 routes other than health need `X-API-Key: <key>` or
     `Authorization: Bearer <key>`."""
@@ -69,10 +80,17 @@ class ApiKeyMiddleware:
                 given = value
             elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 given = value[7:].strip()
-        if not any(hmac.compare_digest(given, key) for key in self.keys):
+        # every key is compared, in constant time, so the time taken says nothing of which
+        # key nearly matched
+        matches = [hmac.compare_digest(given, key) for key in self.keys]
+        if not any(matches):
             detail = "missing API key" if not given else "wrong API key"
             response = problem(401, f"{detail}: send it as X-API-Key or Authorization: Bearer",
                                slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        token = api_key_owner.set(key_digest(given))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            api_key_owner.reset(token)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
 
 from engine.cache import CompileCache
 from engine.compute import Engine, Limits, Offload, inline_limit
@@ -22,9 +25,12 @@ from engine.sessions.state import Session
 from engine.sessions.store import InMemorySessionStore, SessionStore, StoreLimits
 from engine.tensors import encode
 from service.config import Settings
+from service.errors import ApiError
 from service.metrics import Metrics
+from service.middleware import api_key_owner
 
 T = TypeVar("T")
+log = logging.getLogger("gradtape")
 
 
 @dataclass
@@ -36,17 +42,28 @@ class Services:
     sessions: SessionStore
     runtime: SessionRuntime
     _sweeper: asyncio.Task[None] | None = None
+    _limiter: anyio.CapacityLimiter | None = None
+    _computing: int = 0  # requests in a worker thread or waiting for one
+    _trim: Callable[[int], int] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> Services:
         metrics = Metrics()
+        if settings.compile_cache_dir:
+            enable_persistent_compile_cache(settings.compile_cache_dir)
         cache = CompileCache(settings.compile_cache_size, settings.jit_after,
                              background=settings.compile_in_background,
-                             on_compile=metrics.compile_time.observe)
+                             on_compile=metrics.compile_time.observe,
+                             max_compile_weight=settings.max_compile_weight)
         metrics.watch_cache(cache)
-        limits = Limits(max_nodes=settings.max_nodes, max_elements=settings.max_elements)
+        limits = Limits(max_nodes=settings.max_nodes, max_elements=settings.max_elements,
+                        max_args_per_node=settings.max_args_per_node,
+                        max_edges=settings.max_edges,
+                        max_request_bytes=settings.max_request_bytes,
+                        max_request_flops=settings.max_request_flops,
+                        max_response_bytes=settings.max_response_bytes)
         engine = Engine(limits, cache, TypeCache())
-        registry = GraphRegistry(settings.max_graphs, settings.max_nodes, settings.max_elements)
+        registry = GraphRegistry(settings.max_graphs, limits, settings.graph_cache_bytes)
         store = InMemorySessionStore(StoreLimits(
             default_ttl=settings.session_ttl_seconds, max_ttl=settings.session_max_ttl_seconds,
             max_sessions=settings.max_sessions, session_max_bytes=settings.session_max_bytes,
@@ -56,6 +73,7 @@ class Services:
                    SessionRuntime(engine, store.check_bytes))
 
     async def start(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.settings.max_concurrent_compute)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -67,15 +85,28 @@ class Services:
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
-            self.sessions.sweep()
+            if self.sessions.sweep():
+                release_free_memory()
+
+    def create_session(self, ttl_seconds: float | None) -> Session:
+        return self.sessions.create(ttl_seconds, api_key_owner.get())
+
+    async def delete_session(self, session_id: str) -> None:
+        owner = api_key_owner.get()
+        self.sessions.get(session_id, owner)  # another key's session is unknown to this one
+        async with self.sessions.lock(session_id):
+            self.sessions.delete(session_id, owner)
+        release_free_memory()
 
     async def in_session(self, session_id: str, work: Callable[[Session], T], *,
                          body_bytes: int = 0, compute: bool = False) -> T:
         """Run `work` on the session while holding its lock: one request at a time per
-        session. `compute` work (decoding tensors, running ops, derivatives) goes through
-        `run`, which keeps only cheap work on the event loop."""
+        session. `compute` work (decoding tensors, running ops, derivatives, describing a
+        big session) goes through `run`, which keeps only cheap work on the event loop."""
+        owner = api_key_owner.get()
+        self.sessions.get(session_id, owner)  # 404 for another key before waiting on it
         async with self.sessions.lock(session_id):
-            session = self.sessions.get(session_id)
+            session = self.sessions.get(session_id, owner)
             if not compute:
                 return work(session)
             return await self.run(lambda: work(session), body_bytes=body_bytes)
@@ -94,19 +125,38 @@ class Services:
 
     async def run(self, work: Callable[[], T], *, body_bytes: int) -> T:
         """Run `work` on the event loop when it is cheap (a small request whose query is
-        already compiled, on small tensors): a thread hop would cost more than the work.
-        Anything else (decoding a big body, tracing, compiling, large inputs) runs in a
-        worker thread so that it cannot stall other requests; the engine says which by
-        raising `Offload` before it has changed anything."""
+        already compiled and whose estimated work is small): a thread hop would cost more
+        than the work. Anything else (decoding a big body, tracing, compiling, heavy
+        queries) runs in a worker thread so that it cannot stall other requests; the engine
+        says which by raising `Offload` before it has changed anything."""
         if body_bytes <= self.settings.inline_max_body_bytes:
-            token = inline_limit.set(self.settings.inline_max_elements)
+            token = inline_limit.set(self.settings.inline_max_flops)
             try:
                 return work()
             except Offload:
                 pass
             finally:
                 inline_limit.reset(token)
-        return await run_in_threadpool(work)
+        return await self.offload(work)
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Run `work` in a worker thread, at most `max_concurrent_compute` at once, with at
+        most `compute_queue` more waiting; past that, 503 with Retry-After (backpressure
+        instead of an ever longer queue)."""
+        settings = self.settings
+        if self._computing >= settings.max_concurrent_compute + settings.compute_queue:
+            raise ApiError(503, f"the server is busy: {self._computing} requests are "
+                           "computing or waiting for a worker (GRADTAPE_MAX_CONCURRENT_COMPUTE "
+                           f"{settings.max_concurrent_compute}, GRADTAPE_COMPUTE_QUEUE "
+                           f"{settings.compute_queue}); retry after Retry-After seconds",
+                           headers={"Retry-After": "1"})
+        if self._limiter is None:  # used before the lifespan started (a bare create_app)
+            self._limiter = anyio.CapacityLimiter(settings.max_concurrent_compute)
+        self._computing += 1
+        try:
+            return await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        finally:
+            self._computing -= 1
 
 
 def encode_tree(value: Any, encoding: str) -> Any:
@@ -116,3 +166,29 @@ def encode_tree(value: Any, encoding: str) -> Any:
     if isinstance(value, dict):
         return {k: encode_tree(v, encoding) for k, v in value.items()}
     return encode(value, encoding=encoding)
+
+
+def enable_persistent_compile_cache(path: str) -> None:
+    """Keep compiled code on disk in `path` (JAX's persistent compilation cache), so that a
+    restart does not compile again what it compiled before."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_libc: Any = None
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by deleted sessions back to the operating system (glibc keeps
+    freed small blocks in its arenas otherwise, and the process's RSS stays high)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)

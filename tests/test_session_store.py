@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from engine.compute import Engine
 from engine.errors import CapacityExceeded, InvalidGraph, NotFound, TooLarge
 from engine.sessions.runtime import SessionRuntime
+from engine.sessions.state import NAME_OVERHEAD, TENSOR_OVERHEAD
 from engine.sessions.store import InMemorySessionStore, StoreLimits
 from service.config import Settings
 from service.errors import STATUS
@@ -128,20 +129,24 @@ def test_max_sessions() -> None:
     assert len(store) == 2
 
 
+# what a named tensor (one-letter name) holds beside its data
+PER_TENSOR = TENSOR_OVERHEAD + NAME_OVERHEAD + 1
+
+
 def test_session_byte_cap() -> None:
-    store, _ = make_store(session_max_bytes=100)
+    store, _ = make_store(session_max_bytes=100 + PER_TENSOR)
     rt = SessionRuntime(Engine(), store.check_bytes)
     s = store.create()
     rt.put_tensor(s, "a", floats(20))  # 80 bytes
     rt.put_tensor(s, "a", floats(25))  # rebinding frees the old 80: 100 bytes
-    assert s.nbytes == 100
+    assert s.nbytes == 100 and s.held_bytes == 100 + PER_TENSOR == s.footprint()
     with pytest.raises(TooLarge) as err:
         rt.put_tensor(s, "b", 1.0)
     assert STATUS[type(err.value)] == 413 and s.session_id in err.value.detail
     with pytest.raises(KeyError):
         s.names["b"]  # nothing was bound
     rt.delete_tensor(s, "a")
-    assert s.nbytes == 0
+    assert s.nbytes == 0 and s.held_bytes == 0
     rt.put_tensor(s, "b", floats(25))
     with pytest.raises(TooLarge):
         rt.put_tensor(s, "c", floats(26), variable=True)
@@ -152,7 +157,7 @@ def test_session_byte_cap() -> None:
 
 
 def test_total_byte_cap() -> None:
-    store, _ = make_store(session_max_bytes=1_000, total_max_bytes=200)
+    store, _ = make_store(session_max_bytes=10_000, total_max_bytes=200 + 2 * PER_TENSOR)
     rt = SessionRuntime(Engine(), store.check_bytes)
     a, b = store.create(), store.create()
     rt.put_tensor(a, "x", floats(30))  # 120 bytes
@@ -162,7 +167,7 @@ def test_total_byte_cap() -> None:
     assert "all sessions" in err.value.detail
     store.delete(a.session_id)
     rt.put_tensor(b, "y", floats(30))
-    assert store.total_bytes() == 200
+    assert store.total_bytes() == 200 + 2 * PER_TENSOR
 
 
 # ----- through HTTP -----
@@ -195,7 +200,8 @@ def test_http_session_byte_cap_is_413() -> None:
             {"id": "y", "op": "multiply", "args": ["x", 2.0]}]})
         assert r.status_code == 413, r.text
         info = client.get(base).json()
-        assert info["bytes"] == 2400 and [t["name"] for t in info["tensors"]] == ["x"]
+        assert info["tensor_bytes"] == 2400 and info["bytes"] == 2400 + PER_TENSOR
+        assert [t["name"] for t in info["tensors"]] == ["x"]
 
 
 def test_http_expiry_on_an_injected_clock() -> None:

@@ -9,21 +9,27 @@ gradient whose results are saved while other tapes record is itself recorded on 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jax.numpy as jnp
 import numpy as np
 
-from engine.compute import Bound, Engine
+from engine.compute import Bound, Engine, Limits, Offload, inline_limit
 from engine.dtypes import is_float
-from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge
+from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge, clip
 from engine.graph import decode_literal, node_label, resolve_node
 from engine.program import Eqn, Program
 from engine.sessions import replay
 from engine.sessions.state import (
+    ARG_OVERHEAD,
+    NAME_OVERHEAD,
+    RECORD_OVERHEAD,
+    TENSOR_OVERHEAD,
+    VARIABLE_OVERHEAD,
     Binding,
     Const,
     GradientSpec,
@@ -59,6 +65,7 @@ ASSIGN_OPS: dict[str, Assign] = {
 }
 
 ByteBudget = Callable[[Session, int], None]
+T = TypeVar("T")
 
 
 class SessionRuntime:
@@ -74,8 +81,12 @@ class SessionRuntime:
                    trainable: bool = True) -> np.ndarray:
         value = decode(raw, ("value",), max_elements=self.engine.limits.max_elements)
         old = s.names.get(name)
-        freed = s.values[old.tensor].nbytes if old and old.tensor in s.values else 0
-        self.byte_budget(s, value.nbytes - freed)
+        freed = s.values[old.tensor].nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
+            if old and old.tensor in s.values else 0
+        added = value.nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name)
+        if variable:
+            added += VARIABLE_OVERHEAD + ARG_OVERHEAD
+        self.byte_budget(s, added - freed)
         tid = self._store(s, value)
         if variable:
             handle = s.new_id()
@@ -90,15 +101,24 @@ class SessionRuntime:
     def get_tensor(self, s: Session, name: str) -> np.ndarray:
         binding = s.names.get(name)
         if binding is None:
-            raise NotFound(f"session {s.session_id!r} has no tensor {name!r}; PUT it first")
+            raise NotFound(f"session {s.session_id!r} has no tensor {clip(name)}; PUT it first")
         return s.values[self._tid(s, binding)]
+
+    def answer_tensor(self, s: Session, name: str, respond: Callable[[np.ndarray], T]) -> T:
+        """`respond(value)`, in a worker thread when the value is big (encoding it is)."""
+        value = self.get_tensor(s, name)
+        if value.size > 65_536 and inline_limit.get() is not None:
+            raise Offload
+        return respond(value)
 
     def delete_tensor(self, s: Session, name: str) -> None:
         if s.names.pop(name, None) is None:
-            raise NotFound(f"session {s.session_id!r} has no tensor {name!r}")
+            raise NotFound(f"session {s.session_id!r} has no tensor {clip(name)}")
         self._collect(s)
 
     def describe(self, s: Session) -> dict[str, Any]:
+        if len(s.names) > 1000 and inline_limit.get() is not None:
+            raise Offload  # a long listing is built in a worker thread
         tensors = []
         for name, b in s.names.items():
             value = s.values[self._tid(s, b)]
@@ -108,7 +128,8 @@ class SessionRuntime:
                             "trainable": var.trainable if var is not None else False})
         return {"session_id": s.session_id, "tensors": tensors,
                 "tapes": [self.describe_tape(s, t) for t in s.tapes.values()],
-                "bytes": s.nbytes, "ttl_seconds": s.ttl_seconds, "expires_at": s.expires_at}
+                "bytes": s.held_bytes, "tensor_bytes": s.nbytes, "ttl_seconds": s.ttl_seconds,
+                "expires_at": s.expires_at}
 
     # ----- running ops -----
 
@@ -120,14 +141,29 @@ class SessionRuntime:
         if len(nodes) > max_nodes:
             raise TooLarge(f"{len(nodes)} nodes; the limit is {max_nodes} "
                            "(GRADTAPE_MAX_NODES)", loc=("nodes",))
-        plan = _RunPlan(s, self.engine.limits.max_elements)
+        edges = sum(len(n.get("args") or ()) for n in nodes if isinstance(n, Mapping))
+        if edges > self.engine.limits.max_edges:
+            raise TooLarge(f"the nodes have {edges} arguments in all; the limit is "
+                           f"{self.engine.limits.max_edges} (GRADTAPE_MAX_EDGES)",
+                           loc=("nodes",))
+        plan = _RunPlan(s, self.engine.limits)
         for i, node in enumerate(nodes):
             plan.add(node, i)
         program = plan.program()
+        known = set(plan.result_names)
+        for i, name in enumerate(fetch or ()):
+            if name not in known and name not in s.names:
+                raise InvalidGraph(f"fetch names {clip(name)}, which is not a tensor of the "
+                                   "session nor a node of this run", loc=("fetch", i))
         bound = self.engine.bind_values(program, plan.input_values())
-        results = self.engine.evaluate(bound, program.outputs)
-        self.byte_budget(s, sum(np.asarray(v).nbytes for v in results.values()) +
-                         sum(v.nbytes for v in plan.new_constants.values()))
+        # the session's budget is checked from the inferred types, before anything runs
+        recording = sum(1 for t in s.tapes.values() if t.recording)
+        self.byte_budget(s, sum(bound.types[o].dtype.itemsize * math.prod(bound.types[o].shape)
+                                + TENSOR_OVERHEAD for o in program.outputs)
+                         + sum(v.nbytes + TENSOR_OVERHEAD for v in plan.new_constants.values())
+                         + sum(NAME_OVERHEAD + len(o) for o in plan.result_names)
+                         + RECORD_OVERHEAD * recording * len(plan.steps))
+        results = self.engine.evaluate(bound, program.outputs, answered=False)
         return self._commit(s, plan, results, fetch)
 
     def _commit(self, s: Session, plan: _RunPlan, results: Mapping[str, Any],
@@ -151,14 +187,7 @@ class SessionRuntime:
             self._record(s, Record(step.op, step.attrs, args, outs, step.label))
         self._collect(s)
         wanted = list(fetch) if fetch is not None else list(dict.fromkeys(plan.result_names))
-        out = {}
-        for i, name in enumerate(wanted):
-            binding = s.names.get(name)
-            if binding is None:
-                raise InvalidGraph(f"fetch names {name!r}, which is not a tensor of the "
-                                   "session", loc=("fetch", i))
-            out[name] = s.values[self._tid(s, binding)]
-        return out
+        return {name: s.values[self._tid(s, s.names[name])] for name in wanted}
 
     def _record(self, s: Session, rec: Record) -> None:
         for tape in s.tapes.values():
@@ -189,7 +218,7 @@ class SessionRuntime:
     def tape(self, s: Session, tape_id: str) -> Tape:
         tape = s.tapes.get(tape_id)
         if tape is None:
-            raise NotFound(f"session {s.session_id!r} has no tape {tape_id!r} (deleted, or "
+            raise NotFound(f"session {s.session_id!r} has no tape {clip(tape_id)} (deleted, or "
                            "never opened)")
         return tape
 
@@ -226,37 +255,79 @@ class SessionRuntime:
 
     # ----- derivatives -----
 
-    def gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                 output_gradients: Any = None, unconnected: str = "none",
+    def gradient(self, s: Session, tape: Tape, target: str | Sequence[str],
+                 sources: Sequence[str], output_gradients: Any = None,
+                 unconnected: str = "none",
                  save_as: Mapping[str, str] | None = None) -> dict[str, Any]:
-        query = self._prepare(s, tape, target, sources)
-        if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
-            output_gradients = output_gradients[target]  # {target: tensor} for the one target
+        """d target / d sources; a list of targets gets the gradient of their total, as
+        TensorFlow's `tape.gradient` gives it."""
         save_as = dict(save_as or {})
         for label in save_as:
             if label not in sources:
-                raise InvalidGraph(f"save_as names {label!r}, which is not a source",
+                raise InvalidGraph(f"save_as names {clip(label)}, which is not a source",
                                    loc=("save_as", label))
-        grads: dict[str, Any] = {label: None for label in sources}
-        cotangent = None
-        if output_gradients is not None:
-            tvalue = self._value(s, target)
-            cotangent = decode(output_gradients, ("output_gradients",),
-                               dtype=tvalue.dtype.name, max_elements=self.engine.limits.max_elements)
-            if cotangent.shape != tvalue.shape:
-                raise InvalidGraph(f"output_gradients has shape {list(cotangent.shape)}; the "
-                                   f"target {target!r} has shape {list(tvalue.shape)}",
-                                   loc=("output_gradients",))
-        if query.live:
-            out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none")
-            for label, name in query.live.items():
-                grads[label] = out["gradients"][name]
+        if isinstance(target, str):
+            if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
+                output_gradients = output_gradients[target]  # {target: tensor}
+            grads, query, cotangent = self._gradient(s, tape, target, sources,
+                                                     output_gradients, ("target",))
+        else:
+            grads, query, cotangent = self._total_gradient(s, tape, list(target), sources,
+                                                           output_gradients, bool(save_as))
         grads = {label: g if g is not None else self._zeros(s, query, label, (), unconnected)
                  for label, g in grads.items()}
         if save_as:
             self._save(s, tape, query, grads, save_as, cotangent)
         self._use(s, tape)
         return {"gradients": grads}
+
+    def _gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                  output_gradients: Any, loc: tuple[str | int, ...]
+                  ) -> tuple[dict[str, Any], _TapeQuery, np.ndarray | None]:
+        query = self._prepare(s, tape, target, sources, loc=loc)
+        grads: dict[str, Any] = {label: None for label in sources}
+        cotangent = None
+        if output_gradients is not None:
+            where = ("output_gradients",) if len(loc) == 1 else ("output_gradients", target)
+            tvalue = self._value(s, target)
+            cotangent = decode(output_gradients, where, dtype=tvalue.dtype.name,
+                               max_elements=self.engine.limits.max_elements)
+            if cotangent.shape != tvalue.shape:
+                raise InvalidGraph(f"output_gradients has shape {list(cotangent.shape)}; the "
+                                   f"target {clip(target)} has shape {list(tvalue.shape)}",
+                                   loc=where)
+        if query.live:
+            out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none")
+            for label, name in query.live.items():
+                grads[label] = out["gradients"][name]
+        return grads, query, cotangent
+
+    def _total_gradient(self, s: Session, tape: Tape, targets: list[str],
+                        sources: Sequence[str], output_gradients: Any, saving: bool
+                        ) -> tuple[dict[str, Any], _TapeQuery, None]:
+        if not targets:
+            raise InvalidGraph("target is an empty list: name one target or several",
+                               loc=("target",))
+        if saving:
+            raise InvalidGraph("save_as needs one target (a name, not a list): ask once per "
+                               "target to save each gradient", loc=("save_as",))
+        if len(set(targets)) != len(targets):
+            raise InvalidGraph("a target is listed twice", loc=("target",))
+        if output_gradients is not None and not (
+                isinstance(output_gradients, dict) and set(output_gradients) == set(targets)):
+            raise InvalidGraph("with a list of targets, output_gradients is a map "
+                               "{target: tensor} with one entry per target",
+                               loc=("output_gradients",))
+        total: dict[str, Any] = {label: None for label in sources}
+        query = None
+        for i, target in enumerate(targets):
+            cot = output_gradients[target] if output_gradients is not None else None
+            grads, query, _ = self._gradient(s, tape, target, sources, cot, ("target", i))
+            for label, g in grads.items():
+                if g is not None:
+                    total[label] = g if total[label] is None else np.add(total[label], g)
+        assert query is not None
+        return total, query, None
 
     def jacobian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
                  unconnected: str = "none", batch: bool = False) -> dict[str, Any]:
@@ -329,21 +400,22 @@ class SessionRuntime:
     # ----- helpers -----
 
     def _prepare(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                 scalar: str | None = None) -> _TapeQuery:
+                 scalar: str | None = None, loc: tuple[str | int, ...] = ("target",)
+                 ) -> _TapeQuery:
         if tape.used and not tape.persistent:
             raise Conflict(f"tape {tape.tape_id!r} is not persistent and has already answered "
                            "once; open the tape with \"persistent\": true to ask it more than "
                            "once")
-        target_binding = self._binding(s, target, ("target",))
+        target_binding = self._binding(s, target, loc)
         target_tid = self._tid(s, target_binding)
         tvalue = s.values[target_tid]
         if not is_float(tvalue.dtype):
             raise InvalidGraph(f"target {target!r} is {tvalue.dtype.name}; gradients need a "
-                               "floating-point target (cast it first)", loc=("target",))
+                               "floating-point target (cast it first)", loc=loc)
         if scalar and tvalue.shape != ():
             raise InvalidGraph(f"{scalar} needs a scalar target, but {target!r} has shape "
                                f"{list(tvalue.shape)}; reduce it to a scalar (sum, mean) or "
-                               "use jacobian", loc=("target",))
+                               "use jacobian", loc=loc)
         if not sources:
             raise InvalidGraph("sources is empty: name the tensors to differentiate with "
                                "respect to", loc=("sources",))
@@ -442,7 +514,7 @@ class SessionRuntime:
     def _binding(self, s: Session, name: Any, loc: tuple[str | int, ...]) -> Binding:
         binding = s.names.get(name) if isinstance(name, str) else None
         if binding is None:
-            raise InvalidGraph(f"{name!r} is not a tensor of this session; PUT it or compute "
+            raise InvalidGraph(f"{clip(name)} is not a tensor of this session; PUT it or compute "
                                "it with run first", loc=loc)
         return binding
 
@@ -478,6 +550,7 @@ class SessionRuntime:
             del s.values[tid]
         for tid in [t for t in s.version_of if t not in keep]:
             del s.version_of[tid]
+        s.held_bytes = s.footprint()
 
 
 @dataclass
@@ -523,9 +596,10 @@ class _Step:
 class _RunPlan:
     """Turns a list of session nodes into one Program over canonical names."""
 
-    def __init__(self, s: Session, max_elements: int):
+    def __init__(self, s: Session, limits: Limits):
         self.s = s
-        self.max_elements = max_elements
+        self.limits = limits
+        self.max_elements = limits.max_elements
         self.input_tids: dict[str, TensorId] = {}
         self._local_of_tid: dict[TensorId, str] = {}
         self.overlay: dict[str, str] = {}  # name -> program name bound in this run
@@ -592,7 +666,7 @@ class _RunPlan:
         if assign is not None:
             self._add_assign(node, i, assign, loc)
             return
-        res = resolve_node(node, loc, i)
+        res = resolve_node(node, loc, i, self.limits.max_args_per_node)
         pairs = [self._arg(a, res.node, (*loc, "args", j)) for j, a in enumerate(res.args)]
         args = [step for step, _ in pairs]
         prog_args = [prog for _, prog in pairs]

@@ -11,6 +11,16 @@ import numpy as np
 TensorId = int
 Handle = int
 
+# What a session holds beside tensor data, in bytes, measured with tracemalloc on CPython 3.11
+# (tests/test_limits.py checks the accounting against a measurement): a NumPy array object and
+# its slots in the session's dicts; a recorded op with its tuples; one argument or result of a
+# record; a name and its binding; a variable.
+TENSOR_OVERHEAD = 200
+RECORD_OVERHEAD = 300
+ARG_OVERHEAD = 40
+NAME_OVERHEAD = 150
+VARIABLE_OVERHEAD = 150
+
 
 @dataclass(frozen=True)
 class Const:
@@ -95,18 +105,32 @@ class Binding:
     variable: Handle | None = None
 
 
+def record_bytes(rec: Record) -> int:
+    """What one record holds: itself, its arguments and results, its node label, and for a
+    recorded gradient the plain data of its spec (whose inner records are shared with the
+    tape, so only their tuple is counted)."""
+    size = RECORD_OVERHEAD + ARG_OVERHEAD * (len(rec.args) + len(rec.outs)) + len(rec.node)
+    for _, value in rec.attrs:
+        if isinstance(value, GradientSpec):
+            size += 8 * len(value.records) + RECORD_OVERHEAD * (1 + len(value.sources))
+            size += sum(ARG_OVERHEAD * len(spec.versions) for spec in value.sources)
+    return size
+
+
 @dataclass
 class Session:
     session_id: str
     ttl_seconds: float
     created_at: float
     last_used: float
+    owner: str | None = None  # a digest of the API key that created it
     values: dict[TensorId, np.ndarray] = field(default_factory=dict)
     version_of: dict[TensorId, Handle] = field(default_factory=dict)
     names: dict[str, Binding] = field(default_factory=dict)
     variables: dict[Handle, Variable] = field(default_factory=dict)
     tapes: dict[str, Tape] = field(default_factory=dict)
     next_id: int = 1
+    held_bytes: int = 0  # the last `footprint()`, kept up to date under the session's lock
 
     @property
     def expires_at(self) -> float:
@@ -114,7 +138,20 @@ class Session:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of tensor data alone."""
         return sum(v.nbytes for v in self.values.values())
+
+    def footprint(self) -> int:
+        """Everything the session holds, in bytes: tensor data and the objects around it,
+        names, variables and their versions, tapes and their records."""
+        size = sum(v.nbytes + TENSOR_OVERHEAD for v in self.values.values())
+        size += sum(NAME_OVERHEAD + len(n) for n in self.names)
+        size += VARIABLE_OVERHEAD * len(self.variables) + ARG_OVERHEAD * len(self.version_of)
+        for tape in self.tapes.values():
+            size += RECORD_OVERHEAD + ARG_OVERHEAD * (
+                len(tape.tracked) + len(tape.watched_tensors) + len(tape.watched_variables))
+            size += sum(record_bytes(rec) for rec in tape.records)
+        return size
 
     def new_id(self) -> TensorId:
         tid = self.next_id

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.errors import CapacityExceeded, InvalidGraph, NotFound, TooLarge
+from engine.errors import CapacityExceeded, InvalidGraph, NotFound, TooLarge, clip
 from engine.sessions.state import Session
 
 
@@ -31,18 +31,22 @@ class StoreLimits:
 
 
 class SessionStore(ABC):
+    """Sessions by id. `owner` is a digest of the API key of the request (None without
+    keys): a session belongs to the key that created it, and for any other key it does not
+    exist (NotFound, as for an unknown id)."""
+
     kind: str
 
     @abstractmethod
-    def create(self, ttl_seconds: float | None = None) -> Session: ...
+    def create(self, ttl_seconds: float | None = None, owner: str | None = None) -> Session: ...
 
     @abstractmethod
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str | None = None) -> Session:
         """The live session (its idle clock restarts), or NotFound saying unknown or
         expired."""
 
     @abstractmethod
-    def delete(self, session_id: str) -> None: ...
+    def delete(self, session_id: str, owner: str | None = None) -> None: ...
 
     @abstractmethod
     def lock(self, session_id: str) -> asyncio.Lock: ...
@@ -68,13 +72,13 @@ class InMemorySessionStore(SessionStore):
         self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._expired: OrderedDict[str, str | None] = OrderedDict()  # id -> owner
         self._mutex = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, ttl_seconds: float | None = None) -> Session:
+    def create(self, ttl_seconds: float | None = None, owner: str | None = None) -> Session:
         ttl = self.limits.default_ttl if ttl_seconds is None else ttl_seconds
         if not 0 < ttl <= self.limits.max_ttl:
             raise InvalidGraph(f"ttl_seconds must be in (0, {self.limits.max_ttl:g}]",
@@ -86,33 +90,36 @@ class InMemorySessionStore(SessionStore):
                     f"the server holds its maximum of {self.limits.max_sessions} sessions; "
                     "delete sessions you no longer need or retry after some expire")
             now = self.clock()
-            session = Session(f"s_{uuid.uuid4().hex}", ttl, now, now)
+            session = Session(f"s_{uuid.uuid4().hex}", ttl, now, now, owner)
             self._sessions[session.session_id] = session
             self._locks[session.session_id] = asyncio.Lock()
             return session
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str | None = None) -> Session:
         with self._mutex:
             session = self._sessions.get(session_id)
             now = self.clock()
+            if session is not None and session.owner not in (None, owner):
+                raise NotFound(self._missing(session_id, owner))
             if session is not None and now >= session.expires_at:
                 self._drop(session_id)
                 session = None
             if session is None:
-                raise NotFound(self._missing(session_id))
+                raise NotFound(self._missing(session_id, owner))
             session.last_used = now
             return session
 
-    def _missing(self, session_id: str) -> str:
-        if session_id in self._expired:
-            return (f"session {session_id!r} expired after its idle time-out; create a new "
-                    "one (POST /v1/sessions, optionally with a longer ttl_seconds)")
-        return f"unknown session {session_id!r}; create one with POST /v1/sessions"
+    def _missing(self, session_id: str, owner: str | None = None) -> str:
+        if self._expired.get(session_id, "") in (None, owner):
+            return (f"session {clip(session_id)} expired after its idle time-out; create a "
+                    "new one (POST /v1/sessions, optionally with a longer ttl_seconds)")
+        return f"unknown session {clip(session_id)}; create one with POST /v1/sessions"
 
-    def delete(self, session_id: str) -> None:
+    def delete(self, session_id: str, owner: str | None = None) -> None:
         with self._mutex:
-            if session_id not in self._sessions:
-                raise NotFound(self._missing(session_id))
+            session = self._sessions.get(session_id)
+            if session is None or session.owner not in (None, owner):
+                raise NotFound(self._missing(session_id, owner))
             del self._sessions[session_id]
             self._locks.pop(session_id, None)
 
@@ -135,19 +142,23 @@ class InMemorySessionStore(SessionStore):
         return len(expired)
 
     def _drop(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
         self._locks.pop(session_id, None)
-        self._expired[session_id] = None
+        self._expired[session_id] = session.owner if session is not None else None
         while len(self._expired) > 10_000:
             self._expired.popitem(last=False)
 
     def total_bytes(self) -> int:
-        return sum(s.nbytes for s in list(self._sessions.values()))
+        """What all sessions hold. Each session's `held_bytes` is an int kept up to date by
+        its own requests, so summing them never walks another session's tensors (which its
+        request may be changing in another thread)."""
+        with self._mutex:
+            return sum(s.held_bytes for s in self._sessions.values())
 
     def check_bytes(self, session: Session, extra: int) -> None:
         if extra <= 0:
             return
-        held = session.nbytes
+        held = session.held_bytes
         if held + extra > self.limits.session_max_bytes:
             raise TooLarge(f"session {session.session_id!r} would hold {held + extra} bytes; "
                            f"its cap is {self.limits.session_max_bytes} "

@@ -32,12 +32,12 @@ router = APIRouter(prefix="/v1", tags=["differentiation"], route_class=FastRoute
 
 async def _answer(svc: Services, req: GraphRequest, size: int,
                   query: Callable[[Bound], dict[str, Any]]) -> FastJSONResponse:
-    program = svc.program(req.graph, req.graph_id)
+    def work() -> FastJSONResponse:  # parsing, binding and encoding included: off the loop
+        program = svc.program(req.graph, req.graph_id)  # when the body is big
+        return FastJSONResponse(encode_tree(query(svc.engine.bind(program, req.inputs)),
+                                            req.encoding))
 
-    def work() -> Any:
-        return encode_tree(query(svc.engine.bind(program, req.inputs)), req.encoding)
-
-    return FastJSONResponse(await svc.run(work, body_bytes=size))
+    return await svc.run(work, body_bytes=size)
 
 
 @router.post("/evaluate", summary="Evaluate", response_model=EvaluateResponse)

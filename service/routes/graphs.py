@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Response
 
 from engine.errors import EngineError
-from service.deps import ServicesDep
-from service.responses import FastRoute
+from service.deps import BodyBytes, ServicesDep
+from service.responses import FastJSONResponse, FastRoute
 from service.schemas.graphs import Graph, GraphCreated, GraphOut
 
 router = APIRouter(prefix="/v1/graphs", tags=["graphs"], route_class=FastRoute)
@@ -16,9 +17,10 @@ router = APIRouter(prefix="/v1/graphs", tags=["graphs"], route_class=FastRoute)
 
 @router.post("", response_model=GraphCreated, status_code=201,
              responses={200: {"model": GraphCreated, "description": "already registered"}})
-async def register_graph(graph: Graph, svc: ServicesDep, response: Response) -> Any:
+async def register_graph(graph: Graph, svc: ServicesDep, response: Response,
+                         size: BodyBytes) -> Any:
     """Register a graph (201 new, 200 known); the id hashes its canonical form."""
-    entry, new = svc.registry.register(graph.plain())
+    entry, new = await svc.run(lambda: svc.registry.register(graph.plain()), body_bytes=size)
     response.status_code = 201 if new else 200
     program = entry.program
     return GraphCreated(graph_id=entry.graph_id, inputs=list(program.inputs),
@@ -33,6 +35,7 @@ async def get_graph(graph_id: str, svc: ServicesDep) -> Any:
     except EngineError as exc:
         raise exc.with_loc("path", "graph_id") from None
     program = entry.program
-    return GraphOut(graph_id=entry.graph_id, inputs=list(program.inputs),
-                    outputs=list(program.outputs), num_nodes=len(program.eqns),
-                    graph=entry.graph)
+    # the graph goes out as the JSON it was kept as, never parsed back into objects
+    return FastJSONResponse({"graph_id": entry.graph_id, "inputs": list(program.inputs),
+                             "outputs": list(program.outputs), "num_nodes": len(program.eqns),
+                             "graph": orjson.Fragment(entry.graph_json)})

@@ -30,21 +30,20 @@ def iso(timestamp: float) -> str:
 
 @router.post("", status_code=201, response_model=SessionCreated)
 async def create_session(svc: ServicesDep, body: CreateSession | None = None) -> Any:
-    session = svc.sessions.create(body.ttl_seconds if body else None)
+    session = svc.create_session(body.ttl_seconds if body else None)
     return SessionCreated(session_id=session.session_id, expires_at=iso(session.expires_at),
                           ttl_seconds=session.ttl_seconds)
 
 
 @router.get("/{session_id}", response_model=SessionInfo)
 async def get_session(session_id: str, svc: ServicesDep) -> Any:
-    info = await svc.in_session(session_id, svc.runtime.describe)
+    info = await svc.in_session(session_id, svc.runtime.describe, compute=True)
     return {**info, "expires_at": iso(info["expires_at"])}
 
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, svc: ServicesDep) -> Response:
-    async with svc.sessions.lock(session_id):
-        svc.sessions.delete(session_id)
+    await svc.delete_session(session_id)
     return Response(status_code=204)
 
 
@@ -61,8 +60,8 @@ async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesD
 @router.get("/{session_id}/tensors/{name}", response_model=TensorOut)
 async def get_tensor(session_id: str, name: str, svc: ServicesDep,
                      encoding: Encoding = "json") -> Any:
-    value = await svc.in_session(session_id, lambda s: svc.runtime.get_tensor(s, name))
-    return FastJSONResponse(encode_tree(value, encoding))
+    return await svc.in_session(session_id, lambda s: svc.runtime.answer_tensor(
+        s, name, lambda v: FastJSONResponse(encode_tree(v, encoding))), compute=True)
 
 
 @router.delete("/{session_id}/tensors/{name}", status_code=204)
@@ -75,6 +74,6 @@ async def delete_tensor(session_id: str, name: str, svc: ServicesDep) -> Respons
 async def run(session_id: str, body: RunRequest, svc: ServicesDep, size: BodyBytes) -> Any:
     """Run nodes eagerly, in order; tapes that are recording record them."""
     nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
-    values = await svc.in_session(session_id, lambda s: svc.runtime.run(
-        s, nodes, body.fetch, svc.settings.max_nodes), body_bytes=size, compute=True)
-    return FastJSONResponse({"values": encode_tree(values, body.encoding)})
+    return await svc.in_session(session_id, lambda s: FastJSONResponse({"values": encode_tree(
+        svc.runtime.run(s, nodes, body.fetch, svc.settings.max_nodes), body.encoding)}),
+        body_bytes=size, compute=True)

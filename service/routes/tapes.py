@@ -97,10 +97,9 @@ async def reset(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
 
 async def _ask(svc: Services, session_id: str, tape_id: str, size: int, encoding: str,
                query: Any) -> FastJSONResponse:
-    result = await svc.in_session(
-        session_id, lambda s: query(s, svc.runtime.tape(s, tape_id)), body_bytes=size,
-        compute=True)
-    return FastJSONResponse(encode_tree(result, encoding))
+    return await svc.in_session(
+        session_id, lambda s: FastJSONResponse(encode_tree(
+            query(s, svc.runtime.tape(s, tape_id)), encoding)), body_bytes=size, compute=True)
 
 
 @router.post("/{tape_id}/gradient", response_model=Gradients)
