@@ -138,6 +138,8 @@ class Engine:
             raise TooLarge(f"{name!r} would have {size} elements (shape "
                            f"{list(types[name].shape)}); the limit is {self.limits.max_elements}"
                            " (GRADTAPE_MAX_ELEMENTS)", node=eqn.node if eqn else None)
+        if program.indexing:
+            _check_indices(program, values, types)
         return Bound(program, values, types)
 
     # ----- queries -----
@@ -445,3 +447,32 @@ _ADVICE = {
                 "for products with the Jacobian.",
     "hessian": "Ask for fewer sources, or use hvp for products with the Hessian.",
 }
+
+
+def _check_indices(program: Program, values: Mapping[str, Any],
+                   types: Mapping[str, Aval]) -> None:
+    """Indices that come from inputs or constants must be in range (as TensorFlow checks
+    them): InvalidGraph naming the node. Computed indices are not known before running; JAX
+    fills their out-of-range results (NaN for floats)."""
+    for eqn in program.indexing:
+        arg = eqn.args[eqn.prim.indices]  # type: ignore[attr-defined]
+        index = values.get(arg) if isinstance(arg, str) else program.literals[arg]
+        if index is None:
+            continue
+        index = np.asarray(index)
+        if index.size == 0 or index.dtype.kind not in "iu":
+            continue
+        data = eqn.args[0]
+        shape = types[data].shape if isinstance(data, str) else np.shape(program.literals[data])
+        specs = getattr(eqn.prim, "attrs", {})
+        axis = dict(eqn.attrs).get("axis", specs["axis"].default if "axis" in specs else 0)
+        size = math.prod(shape) if axis is None else (
+            shape[axis] if -len(shape) <= axis < len(shape) else None)
+        if size is None:
+            continue  # a bad axis was already reported by type inference
+        bad = index[(index < -size) | (index >= size)]
+        if bad.size:
+            where = "the flattened tensor" if axis is None else f"axis {axis}"
+            raise InvalidGraph(f"index {int(bad.flat[0])} is out of range for {where} of size "
+                               f"{size} (valid: {-size} to {size - 1}); {bad.size} "
+                               "of the indices are out of range", node=eqn.node)

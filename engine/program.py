@@ -83,6 +83,11 @@ class Program:
         return tuple(literal_type(v) for v in self.literals)
 
     @cached_property
+    def indexing(self) -> tuple[Eqn, ...]:
+        """Equations whose op reads integer indices (checked against their axis on binding)."""
+        return tuple(e for e in self.eqns if getattr(e.prim, "indices", None) is not None)
+
+    @cached_property
     def producer(self) -> dict[str, Eqn]:
         """Name -> the equation that defines it."""
         return {out: eqn for eqn in self.eqns for out in eqn.outs}
