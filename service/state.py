@@ -99,7 +99,8 @@ class Services:
         release_free_memory()
 
     async def in_session(self, session_id: str, work: Callable[[Session], T], *,
-                         body_bytes: int = 0, compute: bool = False) -> T:
+                         body_bytes: int = 0, compute: bool = False,
+                         readonly: bool = False) -> T:
         """Run `work` on the session while holding its lock: one request at a time per
         session. `compute` work (decoding tensors, running ops, derivatives, describing a
         big session) goes through `run`, which keeps only cheap work on the event loop."""
@@ -109,7 +110,15 @@ class Services:
             session = self.sessions.get(session_id, owner)
             if not compute:
                 return work(session)
-            return await self.run(lambda: work(session), body_bytes=body_bytes)
+            if readonly:
+                return await self.run(lambda: work(session), body_bytes=body_bytes)
+            # a request that fails or is cancelled halfway leaves the session as it was
+            snapshot = session.snapshot()
+            try:
+                return await self.run(lambda: work(session), body_bytes=body_bytes)
+            except BaseException:
+                session.restore(snapshot)
+                raise
 
     def program(self, graph: Any, graph_id: str | None) -> Program:
         """The Program of an inline graph or a registered one."""

@@ -3,7 +3,7 @@ objects, so that a session can be serialized and served by any replica."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,23 @@ class Session:
         """Bytes of tensor data alone."""
         return sum(v.nbytes for v in self.values.values())
 
+    def snapshot(self) -> Snapshot:
+        """What `restore` needs to undo a request that failed halfway: shallow copies of the
+        containers a request changes (the arrays themselves are never changed in place)."""
+        return Snapshot(dict(self.values), dict(self.version_of), dict(self.names),
+                        {h: replace(v) for h, v in self.variables.items()},
+                        {i: replace(t, records=list(t.records), tracked=set(t.tracked),
+                                    watched_tensors=set(t.watched_tensors),
+                                    watched_variables=set(t.watched_variables))
+                         for i, t in self.tapes.items()},
+                        self.next_id, self.held_bytes)
+
+    def restore(self, snap: Snapshot) -> None:
+        self.values, self.version_of, self.names = snap.values, snap.version_of, snap.names
+        self.variables, self.tapes = snap.variables, snap.tapes
+        self.held_bytes = snap.held_bytes  # ids stay unique: next_id never goes back
+        self.next_id = max(self.next_id, snap.next_id)
+
     def footprint(self) -> int:
         """Everything the session holds, in bytes: tensor data and the objects around it,
         names, variables and their versions, tapes and their records."""
@@ -157,3 +174,14 @@ class Session:
         tid = self.next_id
         self.next_id += 1
         return tid
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    values: dict[TensorId, np.ndarray]
+    version_of: dict[TensorId, Handle]
+    names: dict[str, Binding]
+    variables: dict[Handle, Variable]
+    tapes: dict[str, Tape]
+    next_id: int
+    held_bytes: int

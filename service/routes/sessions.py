@@ -37,7 +37,8 @@ async def create_session(svc: ServicesDep, body: CreateSession | None = None) ->
 
 @router.get("/{session_id}", response_model=SessionInfo)
 async def get_session(session_id: str, svc: ServicesDep) -> Any:
-    info = await svc.in_session(session_id, svc.runtime.describe, compute=True)
+    info = await svc.in_session(session_id, svc.runtime.describe, compute=True,
+                                readonly=True)
     return {**info, "expires_at": iso(info["expires_at"])}
 
 
@@ -61,7 +62,8 @@ async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesD
 async def get_tensor(session_id: str, name: str, svc: ServicesDep,
                      encoding: Encoding = "json") -> Any:
     return await svc.in_session(session_id, lambda s: svc.runtime.answer_tensor(
-        s, name, lambda v: FastJSONResponse(encode_tree(v, encoding))), compute=True)
+        s, name, lambda v: FastJSONResponse(encode_tree(v, encoding))), compute=True,
+        readonly=True)
 
 
 @router.delete("/{session_id}/tensors/{name}", status_code=204)
