@@ -135,7 +135,8 @@ class Engine:
         size, name = typed.largest
         if size > self.limits.max_elements:
             eqn = program.producer.get(name)
-            raise TooLarge(f"{name!r} would have {size} elements (shape "
+            what = "its result" if eqn else repr(name)
+            raise TooLarge(f"{what} would have {size} elements (shape "
                            f"{list(types[name].shape)}); the limit is {self.limits.max_elements}"
                            " (GRADTAPE_MAX_ELEMENTS)", node=eqn.node if eqn else None)
         if program.indexing:

@@ -107,7 +107,8 @@ def estimate(program: Program, types: Mapping[str, Any], query: Query) -> Cost:
         expansion = source_size
         result += (1 + source_size) * sum(_bytes(types[s]) for s in query.sources)
     passes = MEMORY_PASSES.get(kind, 1)
-    peak = forward * passes * max(expansion, 1) + result
+    # an evaluation's results are among its forward values; a derivative's are new arrays
+    peak = forward * passes * max(expansion, 1) + (result if kind != "evaluate" else 0)
     work = flops * WORK_PASSES.get(kind, 1) * max(expansion, 1)
     return Cost(peak, work, result, expansion, largest, len(eqns))
 

@@ -530,6 +530,10 @@ class SessionRuntime:
 
     @staticmethod
     def _store(s: Session, value: np.ndarray) -> TensorId:
+        # a small result viewing a JAX buffer is copied: the view keeps the buffer and its
+        # wrappers alive, ten times the size of a scalar's data and its array
+        if value.base is not None and value.nbytes <= 65_536:
+            value = np.array(value)
         tid = s.new_id()
         s.values[tid] = value
         return tid
