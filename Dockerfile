@@ -53,7 +53,8 @@ ENV PATH="/opt/venv/bin:$PATH" \
 
 RUN groupadd --system --gid 10001 gradtape \
     && useradd --system --uid 10001 --gid gradtape --no-log-init \
-       --create-home --home-dir /home/gradtape --shell /usr/sbin/nologin gradtape
+       --create-home --home-dir /home/gradtape --shell /usr/sbin/nologin gradtape \
+    && install -d -o gradtape -g gradtape /var/cache/gradtape/xla
 
 # Same path as in the builder: the venv's scripts point at /opt/venv/bin/python.
 COPY --from=builder /opt/venv /opt/venv

@@ -36,6 +36,8 @@ GRADTAPE_ENV_DEFAULTS = {
     "GRADTAPE_MAX_SESSIONS": "1000",
     "GRADTAPE_API_KEYS": "",
 }
+# Set by the compose file itself, not taken from the environment.
+FIXED_ENV = {"GRADTAPE_COMPILE_CACHE_DIR": "/var/cache/gradtape/xla"}
 # Variables the compose file interpolates; cleared so that the defaults show.
 COMPOSE_VARIABLES = (*GRADTAPE_ENV_DEFAULTS, "GRADTAPE_PORT", "JAX_EXTRA")
 
@@ -212,7 +214,13 @@ def test_compose_api_service() -> None:
 
     assert [(p["target"], p["published"]) for p in api["ports"]] == [(8000, "8000")]
 
-    assert api["environment"] == GRADTAPE_ENV_DEFAULTS
+    assert api["environment"] == {**GRADTAPE_ENV_DEFAULTS, **FIXED_ENV}
+    # the persistent compile cache lives on a named volume, where the image lets it write
+    cache = [v for v in api["volumes"] if v["target"] == FIXED_ENV["GRADTAPE_COMPILE_CACHE_DIR"]]
+    assert [(v["type"], v["source"]) for v in cache] == [("volume", "compile-cache")]
+    assert "compile-cache" in config["volumes"]
+    assert f"install -d -o gradtape -g gradtape {cache[0]['target']}" in \
+        DOCKERFILE.read_text()
 
     assert api["healthcheck"]["test"][0] == "CMD"
     assert any(READY_PATH in part for part in api["healthcheck"]["test"])
@@ -240,7 +248,8 @@ def test_compose_takes_settings_from_the_environment() -> None:
     api = rendered_compose(overrides)["services"]["api"]
     assert [(p["target"], p["published"]) for p in api["ports"]] == [(8000, "9123")]
     assert api["build"]["args"] == {"JAX_EXTRA": "cuda12"}
-    assert api["environment"] == {k: overrides[k] for k in GRADTAPE_ENV_DEFAULTS}
+    assert api["environment"] == {**{k: overrides[k] for k in GRADTAPE_ENV_DEFAULTS},
+                                  **FIXED_ENV}
 
 
 @pytest.mark.parametrize(

@@ -553,3 +553,28 @@ def test_a_client_that_disconnects_mid_request_leaves_its_session_consistent(
             assert x == pytest.approx(0.001) and names == {"x"}
         assert c.post(f"{base}/run", json={"nodes": [{"id": "y", "op": "sin", "args": ["x"]}]}
                       ).status_code == 200
+
+
+def test_the_persistent_compile_cache_keeps_compiled_code_across_restarts(
+        tmp_path: Path) -> None:
+    script = """
+import sys, time
+from fastapi.testclient import TestClient
+from service.config import Settings
+from service.main import create_app
+with TestClient(create_app(Settings(_env_file=None, compile_cache_dir=sys.argv[1], jit_after=0,
+                                    compile_in_background=False))) as c:
+    body = {"graph": {"nodes": [{"id": "y", "op": "sin", "args": ["x"]},
+                                {"id": "t", "op": "sum", "args": ["y"]}]},
+            "inputs": {"x": [1.0, 2.0]}, "target": "t"}
+    assert c.post("/v1/hessian", json=body).status_code == 200
+    print(c.app.state.services.engine.cache.stats.compiles)
+"""
+    cache = tmp_path / "xla"
+    for _ in range(2):  # two processes: the second finds what the first wrote
+        out = subprocess.run([sys.executable, "-c", script, str(cache)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["1"]
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    assert entries, "nothing was written to the persistent compile cache"
