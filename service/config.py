@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     session_max_bytes: int = Field(1024**3, ge=1024, description="tensor bytes per session")
     total_session_bytes: int = Field(8 * 1024**3, ge=1024, description="all sessions together")
     sweep_interval_seconds: float = Field(30, gt=0)
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="where sessions and registered graphs live: this process's "
+        "memory, or Redis (shared by every replica)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis store's server")
+    tensor_cache_bytes: int = Field(256 * 1024**2, ge=0, description="Redis store: session "
+                                    "tensors kept in this replica's memory (LRU)")
+    session_lease_seconds: float = Field(30, gt=0, description="Redis store: a writing "
+                                         "request's lease on its session, extended while it "
+                                         "runs")
 
     api_keys: str = Field("", description="comma-separated keys; when set, /v1 routes other "
                           "than health need X-API-Key or Authorization: Bearer")

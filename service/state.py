@@ -22,7 +22,12 @@ from engine.program import Program
 from engine.registry import GraphRegistry
 from engine.sessions.runtime import SessionRuntime
 from engine.sessions.state import Session
-from engine.sessions.store import InMemorySessionStore, SessionStore, StoreLimits
+from engine.sessions.store import (
+    InMemorySessionStore,
+    SessionStore,
+    StoreLimits,
+    StoreUnavailable,
+)
 from engine.tensors import encode
 from service.config import Settings
 from service.errors import ApiError
@@ -64,11 +69,20 @@ class Services:
                         max_response_bytes=settings.max_response_bytes)
         engine = Engine(limits, cache, TypeCache())
         registry = GraphRegistry(settings.max_graphs, limits, settings.graph_cache_bytes)
-        store = InMemorySessionStore(StoreLimits(
+        store_limits = StoreLimits(
             default_ttl=settings.session_ttl_seconds, max_ttl=settings.session_max_ttl_seconds,
             max_sessions=settings.max_sessions, session_max_bytes=settings.session_max_bytes,
-            total_max_bytes=settings.total_session_bytes), clock=clock)
-        metrics.sessions.set_function(lambda: len(store))
+            total_max_bytes=settings.total_session_bytes)
+        store: SessionStore
+        if settings.store == "redis":
+            from engine.sessions.store.redis import RedisSessionStore
+
+            store = RedisSessionStore(settings.redis_url, store_limits, clock,
+                                      lease_seconds=settings.session_lease_seconds,
+                                      cache_bytes=settings.tensor_cache_bytes)
+        else:
+            store = InMemorySessionStore(store_limits, clock=clock)
+        metrics.sessions.set_function(store.count)
         return cls(settings, engine, registry, metrics, store,
                    SessionRuntime(engine, store.check_bytes))
 
@@ -81,44 +95,35 @@ class Services:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.sessions.close()
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
-            if self.sessions.sweep():
-                release_free_memory()
+            with contextlib.suppress(StoreUnavailable):
+                if await self.sessions.sweep():
+                    release_free_memory()
 
-    def create_session(self, ttl_seconds: float | None) -> Session:
-        return self.sessions.create(ttl_seconds, api_key_owner.get())
+    async def create_session(self, ttl_seconds: float | None) -> Session:
+        return await self.sessions.create(ttl_seconds, api_key_owner.get())
 
     async def delete_session(self, session_id: str) -> None:
-        owner = api_key_owner.get()
-        self.sessions.get(session_id, owner)  # another key's session is unknown to this one
-        async with self.sessions.lock(session_id):
-            self.sessions.delete(session_id, owner)
+        await self.sessions.delete(session_id, api_key_owner.get())
         release_free_memory()
 
     async def in_session(self, session_id: str, work: Callable[[Session], T], *,
                          body_bytes: int = 0, compute: bool = False,
                          readonly: bool = False) -> T:
-        """Run `work` on the session while holding its lock: one request at a time per
-        session. `compute` work (decoding tensors, running ops, derivatives, describing a
-        big session) goes through `run`, which keeps only cheap work on the event loop."""
-        owner = api_key_owner.get()
-        self.sessions.get(session_id, owner)  # 404 for another key before waiting on it
-        async with self.sessions.lock(session_id):
-            session = self.sessions.get(session_id, owner)
+        """Run `work` on the session, one writing request at a time per session (across
+        replicas with a shared store); a request that fails or is cancelled halfway leaves
+        the session as it was. `compute` work (decoding tensors, running ops, derivatives,
+        describing a big session) goes through `run`, which keeps only cheap work on the
+        event loop."""
+        async with self.sessions.open(session_id, api_key_owner.get(),
+                                      write=not readonly) as session:
             if not compute:
                 return work(session)
-            if readonly:
-                return await self.run(lambda: work(session), body_bytes=body_bytes)
-            # a request that fails or is cancelled halfway leaves the session as it was
-            snapshot = session.snapshot()
-            try:
-                return await self.run(lambda: work(session), body_bytes=body_bytes)
-            except BaseException:
-                session.restore(snapshot)
-                raise
+            return await self.run(lambda: work(session), body_bytes=body_bytes)
 
     def program(self, graph: Any, graph_id: str | None) -> Program:
         """The Program of an inline graph or a registered one."""

@@ -5,6 +5,7 @@ in a subprocess; the rest in process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -240,7 +241,7 @@ def test_session_accounting_tracks_what_python_allocates() -> None:
     grew by 2 GB. Compare the accounting with tracemalloc on a smaller session."""
     store = InMemorySessionStore(StoreLimits(session_max_bytes=1 << 40, total_max_bytes=1 << 40))
     rt = SessionRuntime(Engine(cache=CompileCache(jit_after=0)), store.check_bytes)
-    s = store.create()
+    s = asyncio.run(store.create())
     rt.put_tensor(s, "x", 1.0)
     tape = rt.open_tape(s, persistent=True, watch_accessed_variables=True)
     rt.watch(s, tape, ["x"])
@@ -267,7 +268,7 @@ def test_session_accounting_tracks_what_python_allocates() -> None:
 def test_total_bytes_is_safe_while_other_sessions_change() -> None:
     store = InMemorySessionStore(StoreLimits(session_max_bytes=1 << 30, total_max_bytes=1 << 40))
     rt = SessionRuntime(Engine(), store.check_bytes)
-    sessions = [store.create() for _ in range(4)]
+    sessions = [asyncio.run(store.create()) for _ in range(4)]
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -332,7 +333,7 @@ def test_a_failure_inside_a_worker_thread_leaves_the_session_as_it_was(
 def test_describing_a_big_session_leaves_the_event_loop() -> None:
     store = InMemorySessionStore()
     rt = SessionRuntime(Engine(), store.check_bytes)
-    s = store.create()
+    s = asyncio.run(store.create())
     for i in range(1001):
         rt.put_tensor(s, f"t{i}", 1.0)
     token = inline_limit.set(1000)

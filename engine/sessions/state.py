@@ -131,6 +131,8 @@ class Session:
     tapes: dict[str, Tape] = field(default_factory=dict)
     next_id: int = 1
     held_bytes: int = 0  # the last `footprint()`, kept up to date under the session's lock
+    # Idempotency-Key -> (digest of the request, status, answer) of requests applied lately
+    applied: dict[str, tuple[str, int, str]] = field(default_factory=dict)
 
     @property
     def expires_at(self) -> float:
@@ -150,11 +152,11 @@ class Session:
                                     watched_tensors=set(t.watched_tensors),
                                     watched_variables=set(t.watched_variables))
                          for i, t in self.tapes.items()},
-                        self.next_id, self.held_bytes)
+                        self.next_id, self.held_bytes, dict(self.applied))
 
     def restore(self, snap: Snapshot) -> None:
         self.values, self.version_of, self.names = snap.values, snap.version_of, snap.names
-        self.variables, self.tapes = snap.variables, snap.tapes
+        self.variables, self.tapes, self.applied = snap.variables, snap.tapes, snap.applied
         self.held_bytes = snap.held_bytes  # ids stay unique: next_id never goes back
         self.next_id = max(self.next_id, snap.next_id)
 
@@ -168,6 +170,7 @@ class Session:
             size += RECORD_OVERHEAD + ARG_OVERHEAD * (
                 len(tape.tracked) + len(tape.watched_tensors) + len(tape.watched_variables))
             size += sum(record_bytes(rec) for rec in tape.records)
+        size += sum(NAME_OVERHEAD + len(k) + len(v[2]) for k, v in self.applied.items())
         return size
 
     def new_id(self) -> TensorId:
@@ -185,3 +188,4 @@ class Snapshot:
     tapes: dict[str, Tape]
     next_id: int
     held_bytes: int
+    applied: dict[str, tuple[str, int, str]]

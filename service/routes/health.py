@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 import engine
+from engine.sessions.store import StoreUnavailable
 from service.deps import ServicesDep
 from service.responses import FastRoute
 
@@ -27,7 +28,11 @@ async def live() -> Health:
 
 @router.get("/health/ready", response_model=Health)
 async def ready(svc: ServicesDep) -> Health:
-    """The app's services are built and its lifespan has started."""
+    """The app's services are built, its lifespan has started and its session store
+    answers (503 saying why when it does not)."""
+    why = await svc.sessions.ready()
+    if why is not None:
+        raise StoreUnavailable(f"not ready: {why}")
     return Health()
 
 
@@ -43,7 +48,7 @@ async def info(svc: ServicesDep) -> dict[str, Any]:
         "devices": [{"id": d.id, "platform": d.platform, "kind": d.device_kind}
                     for d in jax.devices()],
         "session_store": svc.sessions.kind,
-        "sessions": len(svc.sessions),
+        "sessions": svc.sessions.count(),
         "limits": {
             "max_body_bytes": s.max_body_bytes,
             "max_nodes": s.max_nodes,

@@ -30,7 +30,7 @@ def iso(timestamp: float) -> str:
 
 @router.post("", status_code=201, response_model=SessionCreated)
 async def create_session(svc: ServicesDep, body: CreateSession | None = None) -> Any:
-    session = svc.create_session(body.ttl_seconds if body else None)
+    session = await svc.create_session(body.ttl_seconds if body else None)
     return SessionCreated(session_id=session.session_id, expires_at=iso(session.expires_at),
                           ttl_seconds=session.ttl_seconds)
 
