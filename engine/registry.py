@@ -8,6 +8,7 @@ whose constants are counted by their array bytes.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,8 +38,22 @@ class RegisteredGraph:
         return parsed
 
 
+class SharedGraphs(ABC):
+    """Registered graphs kept where every replica finds them (by id, as sent), bounded by
+    count and bytes there too."""
+
+    @abstractmethod
+    async def put(self, entry: RegisteredGraph) -> bool:
+        """Keep `entry`; True when it was not known."""
+
+    @abstractmethod
+    async def get(self, gid: str) -> bytes | None:
+        """The graph's JSON, or None when unknown (or evicted)."""
+
+
 class GraphRegistry:
-    """A bounded LRU of registered graphs."""
+    """A bounded LRU of registered graphs: parsed, in this process. With a shared store
+    behind it, it is this replica's cache of the graphs every replica knows."""
 
     def __init__(self, capacity: int, limits: Limits | None = None,
                  max_bytes: int = 512 * 1024**2):

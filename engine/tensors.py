@@ -3,24 +3,48 @@
 Request forms: a bare JSON number/bool/nested array; `{"dtype", "shape", "data"}`;
 `{"dtype", "shape", "b64"}` (little-endian, row-major bytes). Non-finite floats travel as the
 strings "NaN", "Infinity" and "-Infinity" inside `data`, both ways.
+
+Decoding is strict: a value its dtype cannot hold exactly (a boolean in a numeric tensor, a
+number in a bool one, a fraction or an out-of-range number in an integer tensor, a finite
+number that overflows a float dtype, null) is an `InvalidTensor` naming the field and, inside
+an array, the index. Nested arrays are converted by NumPy in one pass; the checks after it
+are vectorised, and only values that could be booleans (0 and 1) are looked at one by one.
 """
 
 from __future__ import annotations
 
 import binascii
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import pybase64
 
 from engine.dtypes import DEFAULT_FLOAT, DTYPES, dtype_name
-from engine.errors import InvalidTensor, TooLarge
+from engine.errors import InvalidTensor, TooLarge, clip
 
 _NONFINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
                  "nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _TENSOR_KEYS = {"dtype", "shape", "data", "b64"}
+
+MAX_DIMS = 32
+"""The most dimensions a request tensor may have (nesting levels, or entries of `shape`)."""
+MAX_DIM = 2**31 - 1
+"""The largest entry of a `shape`."""
+_MAX_EXTENT = 2**48
+"""Without an element limit, the most a shape's non-zero dimensions may multiply to (NumPy
+needs the byte count of even an empty array's shape to fit in 64 bits)."""
+
+_FLOAT32 = DTYPES[DEFAULT_FLOAT]
+_BOOL_TYPES = frozenset({bool, np.bool_})
+_INT_TYPE = frozenset({int})
+_EXACT = 2**53
+"""Integers above this are not all exact as float64."""
+_SMALL = 256
+"""Up to this many elements, looking at every element's type is cheaper than NumPy calls."""
 
 Loc = Sequence[str | int]
 
@@ -34,14 +58,20 @@ def decode(value: Any, loc: Loc = (), *, max_elements: int | None = None,
     """Decode a request tensor into a NumPy array.
 
     Bare numbers become float32 (or `dtype`, the declared dtype of the placeholder they fill);
-    booleans become bool.
+    booleans become bool. Every value must fit its dtype exactly: an `InvalidTensor` says
+    which value does not (and where), a `TooLarge` that the tensor has over `max_elements`.
 
     >>> decode([[1, 1], [1, 1]]).dtype
     dtype('float32')
+    >>> decode([True, 1.5])
+    Traceback (most recent call last):
+    ...
+    engine.errors.InvalidTensor: boolean in a float32 tensor at index [0]; send numbers, or dtype bool
     """
     if isinstance(value, dict | np.ndarray):
-        array = value if isinstance(value, np.ndarray) else _decode_object(value, loc)
-        if dtype is not None and array.dtype != DTYPES[dtype]:
+        array = (value if isinstance(value, np.ndarray)
+                 else _decode_object(value, loc, max_elements))
+        if dtype is not None and array.dtype != _dtype(dtype):
             raise InvalidTensor(
                 f"dtype {array.dtype.name} does not match the declared dtype {dtype}; send "
                 f"\"dtype\": \"{dtype}\" or change the declaration", loc=loc)
@@ -53,124 +83,290 @@ def decode(value: Any, loc: Loc = (), *, max_elements: int | None = None,
     return array
 
 
+def _dtype(name: str) -> np.dtype:
+    found = DTYPES.get(name)
+    return found if found is not None else np.dtype(name)
+
+
+# ----- bare values and scalars -----
+
 def _decode_bare(value: Any, loc: Loc, dtype: str | None) -> np.ndarray:
-    if isinstance(value, bool):
-        return np.asarray(value, dtype=np.bool_)
-    if isinstance(value, int | float):
-        return _scalar(value, DTYPES[dtype or DEFAULT_FLOAT], loc)
-    if isinstance(value, str):
-        if value in _NONFINITE_IN:
-            return _scalar(_NONFINITE_IN[value], DTYPES[dtype or DEFAULT_FLOAT], loc)
-        raise InvalidTensor(f"expected a tensor, got the string {value!r}; strings are only "
-                            "'NaN', 'Infinity' and '-Infinity'", loc=loc)
-    if isinstance(value, list):
-        all_bool = _all_bool(value)
-        target = np.bool_ if all_bool and dtype is None else DTYPES[dtype or DEFAULT_FLOAT]
-        return _from_nested(value, target, loc)
+    kind = type(value)
+    if kind is float or kind is int:
+        return _number(value, _FLOAT32 if dtype is None else _dtype(dtype), loc)
+    if kind is list:
+        return _from_nested(value, None if dtype is None else _dtype(dtype), loc)
+    if kind is bool or kind is np.bool_:
+        if dtype is None or dtype == "bool":
+            return np.asarray(value, dtype=np.bool_)
+        raise InvalidTensor(_boolean_in(_dtype(dtype)), loc=loc)
+    if kind is str:
+        nonfinite = _NONFINITE_IN.get(value)
+        if nonfinite is None:
+            raise InvalidTensor(f"expected a tensor, got the string {clip(value)}; the only "
+                                f"strings allowed are {_NONFINITE_NAMES}", loc=loc)
+        return _number(nonfinite, _FLOAT32 if dtype is None else _dtype(dtype), loc)
+    if value is None:
+        raise InvalidTensor(f"null is not a tensor; {_WRITE_NAN}", loc=loc)
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = int(value) if isinstance(value, int | np.integer) else float(value)
+        return _number(number, _FLOAT32 if dtype is None else _dtype(dtype), loc)
     raise InvalidTensor(f"expected a number, boolean, nested array or tensor object, "
-                        f"got {type(value).__name__}", loc=loc)
+                        f"got {_json_type(value)}", loc=loc)
 
 
-def _scalar(value: float, dtype: np.dtype, loc: Loc) -> np.ndarray:
-    if dtype.kind in "iu" and isinstance(value, float) and not math.isfinite(value):
-        raise InvalidTensor(f"{value} cannot be stored as {dtype.name}; use a float dtype",
-                            loc=loc)
-    if dtype.kind in "iu" and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
-        raise InvalidTensor(f"{value} is out of range for {dtype.name}", loc=loc)
-    return np.asarray(value, dtype=dtype)
+def _number(value: float, target: np.dtype, loc: Loc) -> np.ndarray:
+    """A scalar of `target` from a Python int or float, which it must hold exactly."""
+    kind = target.kind
+    if kind == "f":
+        if type(value) is not float:
+            try:
+                value = float(value)
+            except OverflowError:
+                raise InvalidTensor(_float_out_of_range(value, target, ""), loc=loc) from None
+        limit = _float_limit(target)
+        if not -limit < value < limit and math.isfinite(value):
+            raise InvalidTensor(_float_out_of_range(value, target, ""), loc=loc)
+        return np.asarray(value, dtype=target)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidTensor(_nonfinite_in(value, target, ""), loc=loc)
+    if kind in "iu":
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidTensor(_not_whole(value, target, ""), loc=loc)
+        low, high = _int_range(target)
+        if not low <= value <= high:
+            raise InvalidTensor(_int_out_of_range(value, target, ""), loc=loc)
+        return np.asarray(int(value), dtype=target)
+    if kind == "b":
+        raise InvalidTensor(_number_in_bool(""), loc=loc)
+    return np.asarray(value, dtype=target)
 
 
-def _all_bool(value: Any) -> bool:
-    stack = [value]
-    seen_any = False
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, bool):
-            seen_any = True
-        else:
-            return False
-    return seen_any
+# ----- nested arrays -----
 
-
-def _from_nested(data: Any, dtype: Any, loc: Loc) -> np.ndarray:
+def _from_nested(data: list[Any], target: np.dtype | None, loc: Loc) -> np.ndarray:
+    """A nested list of `target` (None: bool if all booleans, else float32)."""
+    _check_depth(data, loc)
     try:
-        array = np.array(data, dtype=dtype)
-    except OverflowError:
-        raise InvalidTensor(f"a value is out of range for {np.dtype(dtype).name}",
-                            loc=loc) from None
-    except ValueError as exc:
-        text = str(exc)
-        if "maximum" in text and "dimension" in text:
-            raise InvalidTensor("too many nested levels: a tensor has at most 64 dimensions",
-                                loc=loc) from None
-        if "inhomogeneous" in text or "setting an array element with a sequence" in text:
-            raise InvalidTensor("ragged nested array: every row must have the same length",
-                                loc=loc) from None
-        return _from_nested_with_strings(data, dtype, loc)
-    except TypeError:
-        raise InvalidTensor("nested array holds something that is not a number", loc=loc) from None
-    if array.dtype == object:
-        raise InvalidTensor("nested array holds something that is not a number", loc=loc)
-    return array
-
-
-def _from_nested_with_strings(data: Any, dtype: Any, loc: Loc) -> np.ndarray:
-    def convert(item: Any) -> Any:
-        if isinstance(item, list):
-            return [convert(v) for v in item]
-        if isinstance(item, str):
-            if item not in _NONFINITE_IN:
-                raise InvalidTensor(f"unexpected string {item!r} in data; only 'NaN', "
-                                    "'Infinity' and '-Infinity' are allowed", loc=loc)
-            return _NONFINITE_IN[item]
-        if item is None:
-            raise InvalidTensor("null in data; write NaN as the string 'NaN'", loc=loc)
-        return item
-
-    converted = convert(data)
-    if not np.issubdtype(np.dtype(dtype), np.floating) and _has_nonfinite(converted):
-        raise InvalidTensor(f"non-finite values need a float dtype, not {np.dtype(dtype).name}",
-                            loc=loc)
-    try:
-        return np.array(converted, dtype=dtype)
-    except OverflowError:
-        raise InvalidTensor(f"a value is out of range for {np.dtype(dtype).name}",
-                            loc=loc) from None
+        array = np.array(data)
     except (ValueError, TypeError):
         raise InvalidTensor("ragged nested array: every row must have the same length",
                             loc=loc) from None
+    if array.ndim > MAX_DIMS:
+        raise InvalidTensor(_TOO_DEEP, loc=loc)
+    if array.size == 0:
+        return np.empty(array.shape, dtype=_FLOAT32 if target is None else target)
+    kind = array.dtype.kind
+    if kind in "fiu":
+        if _has_bool(array, data):
+            raise _mixed(list(_leaves(data, array.ndim)), array.shape, target, loc)
+        if target is not None and target.kind == "b":
+            raise InvalidTensor(_number_in_bool(_at(0, array.shape)), loc=loc)
+        return _cast(array, _FLOAT32 if target is None else target, loc, data)
+    if kind == "b":
+        if target is None or target.kind == "b":
+            return array
+        raise InvalidTensor(_boolean_in(target, _at(0, array.shape)), loc=loc)
+    return _from_objects(data, array, target, loc)
 
 
-def _has_nonfinite(data: Any) -> bool:
-    if isinstance(data, list):
-        return any(_has_nonfinite(v) for v in data)
-    return isinstance(data, float) and not math.isfinite(data)
+def _check_depth(data: list[Any], loc: Loc) -> None:
+    """At most MAX_DIMS levels along the first path (a deeper path elsewhere is ragged)."""
+    item: Any = data
+    depth = 0
+    while type(item) is list:
+        depth += 1
+        if depth > MAX_DIMS:
+            raise InvalidTensor(_TOO_DEEP, loc=loc)
+        if not item:
+            return
+        item = item[0]
 
 
-def _decode_object(obj: dict[str, Any], loc: Loc) -> np.ndarray:
+def _has_bool(array: np.ndarray, data: list[Any]) -> bool:
+    """Whether `data`, which NumPy read as the numbers `array`, holds a boolean. A boolean
+    reads as 0 or 1, so only the elements equal to 0 or 1 need their type looked at."""
+    if array.size <= _SMALL:
+        return not _BOOL_TYPES.isdisjoint(map(type, _leaves(data, array.ndim)))
+    flat = array.reshape(-1)
+    candidates = flat == 0
+    candidates |= flat == 1
+    count = int(np.count_nonzero(candidates))
+    if count == 0:
+        return False
+    if count * 4 > flat.size:
+        return not _BOOL_TYPES.isdisjoint(map(type, _leaves(data, array.ndim)))
+    index = np.flatnonzero(candidates)
+    items: Iterator[Any]
+    if array.ndim == 1:
+        items = map(data.__getitem__, index.tolist())
+    else:
+        rows = _rows(data, array.ndim)
+        outer, inner = np.divmod(index, array.shape[-1])
+        items = map(operator.getitem, map(rows.__getitem__, outer.tolist()), inner.tolist())
+    return not _BOOL_TYPES.isdisjoint(map(type, items))
+
+
+def _leaves(data: list[Any], ndim: int) -> Iterator[Any]:
+    """The elements of an `ndim`-deep rectangular nested list, row-major."""
+    items: Iterator[Any] = iter(data)
+    for _ in range(ndim - 1):
+        items = chain.from_iterable(items)
+    return items
+
+
+def _rows(data: list[Any], ndim: int) -> list[list[Any]]:
+    """The innermost lists of an `ndim`-deep (ndim >= 2) rectangular nested list."""
+    rows = data
+    for _ in range(ndim - 2):
+        rows = list(chain.from_iterable(rows))
+    return rows
+
+
+def _from_objects(data: list[Any], array: np.ndarray, target: np.dtype | None,
+                  loc: Loc) -> np.ndarray:
+    """Nested data that NumPy did not read as numbers: strings (the non-finite ones are
+    fine), null, integers too large for int64, or something that is not a number."""
+    if array.dtype != object:
+        array = np.array(data, dtype=object)
+    shape = array.shape
+    leaves: list[Any] = array.ravel().tolist()
+    types = set(map(type, leaves))
+    if type(None) in types:
+        raise InvalidTensor(f"null in data{_at(leaves.index(None), shape)}; {_WRITE_NAN}",
+                            loc=loc)
+    if list in types:
+        raise InvalidTensor("ragged nested array: every row must have the same length",
+                            loc=loc)
+    odd = {t for t in types if not issubclass(t, int | float | str | np.bool_ | np.integer
+                                              | np.floating)}
+    if odd:
+        pos = _first(leaves, odd)
+        raise InvalidTensor(f"nested array holds {_json_type(leaves[pos])}"
+                            f"{_at(pos, shape)}, where a number belongs", loc=loc)
+    if str in types:
+        sent = leaves
+        leaves = list(map(_NONFINITE_IN.get, sent, sent))
+        if str in set(map(type, leaves)):
+            pos = _first(leaves, {str})
+            raise InvalidTensor(f"unexpected string {clip(leaves[pos])} in data"
+                                f"{_at(pos, shape)}; the only strings allowed are "
+                                f"{_NONFINITE_NAMES}", loc=loc)
+        if target is not None and target.kind != "f":
+            pos = _first(sent, {str})
+            raise InvalidTensor(_nonfinite_in(leaves[pos], target, _at(pos, shape)), loc=loc)
+        types.discard(str)
+        types.add(float)
+    if not _BOOL_TYPES.isdisjoint(types):
+        if types <= _BOOL_TYPES and (target is None or target.kind == "b"):
+            return np.array(leaves, dtype=np.bool_).reshape(shape)
+        raise _mixed(leaves, shape, target, loc)
+    if target is not None and target.kind == "b":
+        raise InvalidTensor(_number_in_bool(_at(0, shape)), loc=loc)
+    target = _FLOAT32 if target is None else target
+    try:
+        values = np.array(leaves, dtype=np.float64).reshape(shape)
+    except OverflowError:
+        pos = next(i for i, v in enumerate(leaves) if _overflows(v))
+        raise InvalidTensor(_out_of_range(leaves[pos], target, _at(pos, shape)),
+                            loc=loc) from None
+    return _cast(values, target, loc, leaves)
+
+
+def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> np.ndarray:
+    """`values` (read by NumPy as float64, int64 or uint64 from the list `source`) as
+    `target`, which must hold each value exactly."""
+    kind = target.kind
+    shape = values.shape
+    if kind == "f":
+        if values.dtype == target:
+            return values
+        if values.dtype.kind != "f" or values.dtype.itemsize <= target.itemsize:
+            return values.astype(target)
+        limit = _float_limit(target)
+        if values.size <= _SMALL:
+            # a NaN makes the largest magnitude NaN (or is skipped): either way, safe
+            fits = max(map(abs, values.ravel().tolist())) < limit
+        else:
+            fits = bool(-limit < np.minimum.reduce(values, axis=None)
+                        and np.maximum.reduce(values, axis=None) < limit)
+        if fits:
+            return values.astype(target)
+        # a NaN, an infinity, or a finite value that overflows
+        overflow = np.isfinite(values) & (np.abs(values) >= limit)
+        if overflow.any():
+            pos = int(np.argmax(overflow.reshape(-1)))
+            raise InvalidTensor(_float_out_of_range(values.flat[pos].item(), target,
+                                                    _at(pos, shape)), loc=loc)
+        with np.errstate(over="ignore"):
+            return values.astype(target)
+    if kind not in "iu":
+        return values.astype(target)
+    low, high = _int_range(target)
+    if values.dtype.kind != "f":
+        if values.dtype != target and not _ints_within(values, low, high):
+            pos = int(np.argmax(((values < low) | (values > high)).reshape(-1)))
+            raise InvalidTensor(_int_out_of_range(values.flat[pos].item(), target,
+                                                  _at(pos, shape)), loc=loc)
+        return values.astype(target)
+    finite = np.isfinite(values)
+    if not finite.all():
+        pos = int(np.argmin(finite.reshape(-1)))
+        raise InvalidTensor(_nonfinite_in(values.flat[pos].item(), target, _at(pos, shape)),
+                            loc=loc)
+    whole = values == np.trunc(values)
+    if not whole.all():
+        pos = int(np.argmin(whole.reshape(-1)))
+        raise InvalidTensor(_not_whole(values.flat[pos].item(), target, _at(pos, shape)),
+                            loc=loc)
+    if high > _EXACT and float(np.abs(values).max()) >= _EXACT:
+        # float64 rounds integers this large: compare and convert the values as sent
+        exact = np.array(source, dtype=object).reshape(shape)
+        outside = (exact < low) | (exact > high)
+        if outside.any():
+            pos = int(np.argmax(outside.reshape(-1)))
+            raise InvalidTensor(_int_out_of_range(exact.flat[pos], target, _at(pos, shape)),
+                                loc=loc)
+        return exact.astype(target)
+    outside = (values < float(low)) | (values >= float(high + 1))
+    if outside.any():
+        pos = int(np.argmax(outside.reshape(-1)))
+        raise InvalidTensor(_int_out_of_range(values.flat[pos].item(), target,
+                                              _at(pos, shape)), loc=loc)
+    return values.astype(target)
+
+
+# ----- tensor objects -----
+
+def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> np.ndarray:
     unknown = set(obj) - _TENSOR_KEYS
     if unknown:
-        raise InvalidTensor(f"unknown tensor field(s) {sorted(unknown)}; a tensor object has "
+        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
+        raise InvalidTensor(f"unknown tensor field(s) {names}; a tensor object has "
                             "dtype, shape and data (or b64)", loc=loc)
-    dtype_name = obj.get("dtype", DEFAULT_FLOAT)
-    if dtype_name not in DTYPES:
-        raise InvalidTensor(f"unknown dtype {dtype_name!r}; use one of {', '.join(DTYPES)}",
+    name = obj.get("dtype", DEFAULT_FLOAT)
+    if type(name) is not str:
+        raise InvalidTensor(f"dtype must be a string, one of {', '.join(DTYPES)}; got "
+                            f"{_json_type(name)}", loc=(*loc, "dtype"))
+    dtype = DTYPES.get(name)
+    if dtype is None:
+        raise InvalidTensor(f"unknown dtype {clip(name)}; use one of {', '.join(DTYPES)}",
                             loc=(*loc, "dtype"))
-    dtype = DTYPES[dtype_name]
-    shape = _check_shape(obj.get("shape"), loc)
+    shape = _check_shape(obj.get("shape"), loc, max_elements)
     if ("data" in obj) == ("b64" in obj):
         raise InvalidTensor("a tensor object needs exactly one of 'data' and 'b64'", loc=loc)
     if "b64" in obj:
         return _decode_b64(obj["b64"], dtype, shape, loc)
     data = obj["data"]
-    if isinstance(data, list):
-        array = _from_nested(data, dtype, (*loc, "data"))
+    data_loc = (*loc, "data")
+    if type(data) is list:
+        array = _from_nested(data, dtype, data_loc)
+    elif data is None:
+        raise InvalidTensor(f"'data' is null; {_WRITE_NAN}", loc=data_loc)
     elif isinstance(data, bool | int | float | str):
-        array = _decode_bare(data, (*loc, "data"), dtype_name)
+        array = _decode_bare(data, data_loc, name)
     else:
-        raise InvalidTensor("'data' must be a number or a (nested) array", loc=(*loc, "data"))
+        raise InvalidTensor("'data' must be a number or a (nested) array", loc=data_loc)
     if shape is None:
         return array
     if array.shape == shape:
@@ -181,13 +377,33 @@ def _decode_object(obj: dict[str, Any], loc: Loc) -> np.ndarray:
                         f"is {list(shape)} ({math.prod(shape)} elements)", loc=(*loc, "shape"))
 
 
-def _check_shape(shape: Any, loc: Loc) -> tuple[int, ...] | None:
+def _check_shape(shape: Any, loc: Loc, max_elements: int | None) -> tuple[int, ...] | None:
     if shape is None:
         return None
-    if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    shape_loc = (*loc, "shape")
+    if type(shape) is not list:
+        raise InvalidTensor(f"shape must be a list of non-negative integers, got "
+                            f"{_json_type(shape)}", loc=shape_loc)
+    if len(shape) > MAX_DIMS:
+        raise InvalidTensor(f"shape has {len(shape)} dimensions; a tensor has at most "
+                            f"{MAX_DIMS}", loc=shape_loc)
+    if not _INT_TYPE.issuperset(map(type, shape)) or min(shape, default=0) < 0:
         raise InvalidTensor("shape must be a list of non-negative integers",
-                            loc=(*loc, "shape"))
+                            loc=shape_loc)
+    if max(shape, default=0) > MAX_DIM:
+        raise InvalidTensor(f"shape dimension {_show(max(shape))} is over {MAX_DIM}, the "
+                            "largest allowed", loc=shape_loc)
+    extent = math.prod(d for d in shape if d)
+    limit = _MAX_EXTENT if max_elements is None else max_elements
+    if extent > limit:
+        size = math.prod(shape)
+        what = (f"{size} elements" if size else
+                f"no elements, but its non-zero dimensions multiply to {extent}")
+        if max_elements is None:
+            raise InvalidTensor(f"shape {shape} has {what}; the most possible is "
+                                f"{_MAX_EXTENT}", loc=shape_loc)
+        raise TooLarge(f"shape {shape} has {what}; the limit is {max_elements} "
+                       "(GRADTAPE_MAX_ELEMENTS)", loc=shape_loc)
     return tuple(shape)
 
 
@@ -206,6 +422,146 @@ def _decode_b64(text: Any, dtype: np.dtype, shape: tuple[int, ...] | None,
         raise InvalidTensor(f"'b64' holds {len(raw)} bytes; shape {list(shape)} of "
                             f"{dtype.name} needs {expected}", loc=(*loc, "b64"))
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+# ----- limits and messages -----
+
+_NONFINITE_NAMES = '"NaN", "Infinity" and "-Infinity"'
+_WRITE_NAN = 'write NaN as the string "NaN"'
+_TOO_DEEP = f"too many nested levels: a tensor has at most {MAX_DIMS} dimensions"
+
+_FLOAT_LIMITS: dict[np.dtype, float] = {}
+_INT_RANGES: dict[np.dtype, tuple[int, int]] = {}
+
+
+def _float_limit(dtype: np.dtype) -> float:
+    """The magnitude from which a float64 rounds to infinity in `dtype` (the largest finite
+    value plus half its spacing; infinity for float64)."""
+    limit = _FLOAT_LIMITS.get(dtype)
+    if limit is None:
+        largest = np.finfo(dtype).max
+        below = np.nextafter(largest, largest.dtype.type(0))
+        limit = float(largest) + float(largest - below) / 2
+        _FLOAT_LIMITS[dtype] = limit
+    return limit
+
+
+def _int_range(dtype: np.dtype) -> tuple[int, int]:
+    found = _INT_RANGES.get(dtype)
+    if found is None:
+        info = np.iinfo(dtype)
+        found = _INT_RANGES[dtype] = (int(info.min), int(info.max))
+    return found
+
+
+def _ints_within(values: np.ndarray, low: int, high: int) -> bool:
+    if values.size <= _SMALL:
+        flat = values.ravel().tolist()
+        return bool(low <= min(flat) and max(flat) <= high)
+    return bool(low <= np.minimum.reduce(values, axis=None)
+                and np.maximum.reduce(values, axis=None) <= high)
+
+
+for _known in DTYPES.values():
+    if _known.kind == "f":
+        _float_limit(_known)
+    elif _known.kind in "iu":
+        _int_range(_known)
+
+
+def _first(items: list[Any], types: set[type]) -> int:
+    """The index of the first item whose type is one of `types` (it must have one)."""
+    kinds = list(map(type, items))
+    return min(kinds.index(t) for t in types if t in kinds)
+
+
+def _mixed(leaves: list[Any], shape: tuple[int, ...], target: np.dtype | None,
+           loc: Loc) -> InvalidTensor:
+    """The error for an array that mixes booleans and numbers."""
+    if target is not None and target.kind == "b":
+        pos = next(i for i, v in enumerate(leaves) if type(v) not in _BOOL_TYPES)
+        return InvalidTensor(_number_in_bool(_at(pos, shape)), loc=loc)
+    pos = _first(leaves, set(_BOOL_TYPES))
+    return InvalidTensor(_boolean_in(_FLOAT32 if target is None else target,
+                                     _at(pos, shape)), loc=loc)
+
+
+def _overflows(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
+def _at(pos: int, shape: tuple[int, ...]) -> str:
+    if not shape:
+        return ""
+    return f" at index {[int(i) for i in np.unravel_index(pos, shape)]}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return '"NaN"' if math.isnan(value) else '"Infinity"' if value > 0 else '"-Infinity"'
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"
+    return clip(value)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool | np.bool_):
+        return "a boolean"
+    if isinstance(value, int | float | np.number):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _boolean_in(target: np.dtype, at: str = "") -> str:
+    name = dtype_name(target)
+    article = "an" if name[0] in "aeiou" else "a"
+    return f"boolean in {article} {name} tensor{at}; send numbers, or dtype bool"
+
+
+def _number_in_bool(at: str) -> str:
+    return f"number in a bool tensor{at}; send true and false, or a numeric dtype"
+
+
+def _nonfinite_in(value: float, target: np.dtype, at: str) -> str:
+    return (f"{_show(value)}{at} cannot be stored as {dtype_name(target)}; non-finite values "
+            "need a float dtype")
+
+
+def _not_whole(value: float, target: np.dtype, at: str) -> str:
+    return (f"{_show(value)}{at} is not a whole number, which {dtype_name(target)} needs; "
+            "round it, or send a float dtype")
+
+
+def _int_out_of_range(value: float, target: np.dtype, at: str) -> str:
+    low, high = _int_range(target)
+    wider = "dtype int64, or a float dtype" if target.itemsize < 8 else "a float dtype"
+    return (f"{_show(value)}{at} is out of range for {dtype_name(target)} ({low} to {high}); "
+            f"send {wider}")
+
+
+def _float_out_of_range(value: float, target: np.dtype, at: str) -> str:
+    largest = str(np.finfo(target).max)
+    wider = "; send dtype float64, or a smaller value" if target.itemsize < 8 else ""
+    return (f"{_show(value)}{at} is out of range for {dtype_name(target)}, whose largest "
+            f"value is {largest}{wider}")
+
+
+def _out_of_range(value: float, target: np.dtype, at: str) -> str:
+    if target.kind == "f":
+        return _float_out_of_range(value, target, at)
+    return _int_out_of_range(value, target, at)
 
 
 def encode(array: Any, *, encoding: str = "json") -> dict[str, Any]:

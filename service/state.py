@@ -13,13 +13,14 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import orjson
 
 from engine.cache import CompileCache
 from engine.compute import Engine, Limits, Offload, inline_limit
-from engine.errors import EngineError
+from engine.errors import EngineError, NotFound
 from engine.interpreter import TypeCache
 from engine.program import Program
-from engine.registry import GraphRegistry
+from engine.registry import GraphRegistry, RegisteredGraph, SharedGraphs
 from engine.sessions.runtime import SessionRuntime
 from engine.sessions.state import Session
 from engine.sessions.store import (
@@ -46,6 +47,7 @@ class Services:
     metrics: Metrics
     sessions: SessionStore
     runtime: SessionRuntime
+    shared_graphs: SharedGraphs | None = None
     _sweeper: asyncio.Task[None] | None = None
     _limiter: anyio.CapacityLimiter | None = None
     _computing: int = 0  # requests in a worker thread or waiting for one
@@ -74,17 +76,19 @@ class Services:
             max_sessions=settings.max_sessions, session_max_bytes=settings.session_max_bytes,
             total_max_bytes=settings.total_session_bytes)
         store: SessionStore
+        shared: SharedGraphs | None = None
         if settings.store == "redis":
-            from engine.sessions.store.redis import RedisSessionStore
+            from engine.sessions.store.redis import RedisGraphs, RedisSessionStore
 
             store = RedisSessionStore(settings.redis_url, store_limits, clock,
                                       lease_seconds=settings.session_lease_seconds,
                                       cache_bytes=settings.tensor_cache_bytes)
+            shared = RedisGraphs(store, settings.max_graphs, settings.graph_cache_bytes)
         else:
             store = InMemorySessionStore(store_limits, clock=clock)
         metrics.sessions.set_function(store.count)
         return cls(settings, engine, registry, metrics, store,
-                   SessionRuntime(engine, store.check_bytes))
+                   SessionRuntime(engine, store.check_bytes), shared)
 
     async def start(self) -> None:
         self._limiter = anyio.CapacityLimiter(self.settings.max_concurrent_compute)
@@ -125,17 +129,40 @@ class Services:
                 return work(session)
             return await self.run(lambda: work(session), body_bytes=body_bytes)
 
-    def program(self, graph: Any, graph_id: str | None) -> Program:
-        """The Program of an inline graph or a registered one."""
-        if graph_id is not None:
-            try:
-                return self.registry.get(graph_id).program
-            except EngineError as exc:
-                raise exc.with_loc("graph_id") from None
+    def parse(self, graph: Any) -> Program:
+        """The Program of an inline graph."""
         try:
             return self.registry.parse(graph.plain())
         except EngineError as exc:
             raise exc.with_loc("graph") from None
+
+    async def register_graph(self, graph: dict[str, Any], body_bytes: int
+                             ) -> tuple[RegisteredGraph, bool]:
+        entry, new = await self.run(lambda: self.registry.register(graph),
+                                    body_bytes=body_bytes)
+        if self.shared_graphs is not None:
+            new = await self.shared_graphs.put(entry)
+        return entry, new
+
+    async def graph(self, graph_id: str, loc: tuple[str, ...] = ("graph_id",)
+                    ) -> RegisteredGraph:
+        """A registered graph: from this replica's registry, or else from the shared store
+        (then parsed once here)."""
+        try:
+            try:
+                return self.registry.get(graph_id)
+            except NotFound:
+                if self.shared_graphs is None:
+                    raise
+                blob = await self.shared_graphs.get(graph_id)
+                if blob is None:
+                    raise
+            graph = orjson.loads(blob)
+            entry, _ = await self.run(lambda: self.registry.register(graph),
+                                      body_bytes=len(blob))
+            return entry
+        except EngineError as exc:
+            raise exc.with_loc(*loc) from None
 
     async def run(self, work: Callable[[], T], *, body_bytes: int) -> T:
         """Run `work` on the event loop when it is cheap (a small request whose query is

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from engine.cache import CompileCache
@@ -374,12 +375,13 @@ def test_tape_gradient_of_a_list_of_targets_sums_them() -> None:
 # ----- registered graphs, compiles, backpressure -----
 
 
-def test_registered_graphs_are_bounded_by_bytes() -> None:
+def test_registered_graphs_are_bounded_by_bytes(store_settings: Settings) -> None:
     def graph(i: int, n: int) -> dict[str, Any]:
         return {"nodes": [{"id": "y", "op": "add", "args": [
             "x", {"dtype": "float32", "shape": [n], "data": [float(i)] * n}]}]}
 
-    with make_client(graph_cache_bytes=2_000_000) as c:
+    settings = store_settings.model_copy(update={"graph_cache_bytes": 2_000_000})
+    with TestClient(create_app(settings)) as c:
         registry = c.app.state.services.registry
         ids = []
         for i in range(6):
@@ -387,6 +389,10 @@ def test_registered_graphs_are_bounded_by_bytes() -> None:
             assert r.status_code == 201, r.text
             ids.append(r.json()["graph_id"])
             assert registry.nbytes <= 2_000_000
+        if settings.store == "redis":  # the shared store keeps within the same caps
+            shared = redis.Redis.from_url(settings.redis_url)
+            assert 0 < int(shared.get("gt:gtotal") or 0) <= 2_000_000
+            assert shared.zcard("gt:graphs") < 6
         assert c.get(f"/v1/graphs/{ids[0]}").status_code == 404  # the oldest went first
         got = c.get(f"/v1/graphs/{ids[-1]}")
         assert got.status_code == 200 and got.json()["graph"] == graph(5, 50_000)

@@ -487,3 +487,35 @@ def test_http_store_down_is_503_and_not_ready_while_stateless_routes_work() -> N
             "graph": {"nodes": [{"id": "y", "op": "multiply", "args": ["x", "x"]}]},
             "inputs": {"x": 3.0}, "target": "y"})
         assert r.status_code == 200 and r.json()["gradients"]["x"]["data"] == 6.0
+
+
+def test_two_replicas_on_one_redis_serve_each_others_sessions_and_graphs(
+        redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = Settings(_env_file=None, store="redis", redis_url=redis_url)
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        sid = a.post("/v1/sessions", json={}).json()["session_id"]
+        base = f"/v1/sessions/{sid}"
+        assert b.put(f"{base}/tensors/x", json={"value": [[1, 1], [1, 1]]}).status_code == 200
+        tid = a.post(f"{base}/tapes", json={}).json()["tape_id"]
+        assert b.post(f"{base}/tapes/{tid}/watch", json={"tensors": ["x"]}).status_code == 200
+        assert a.post(f"{base}/run", json={"nodes": [
+            {"id": "y", "op": "reduce_sum", "args": ["x"]},
+            {"id": "z", "op": "multiply", "args": ["y", "y"]}]}).status_code == 200
+        assert b.post(f"{base}/tapes/{tid}/stop").status_code == 200
+        r = a.post(f"{base}/tapes/{tid}/gradient", json={"target": "z", "sources": ["x"]})
+        assert r.json()["gradients"]["x"] == {"dtype": "float32", "shape": [2, 2],
+                                              "data": [[8.0, 8.0], [8.0, 8.0]]}
+        r = b.post(f"{base}/tapes/{tid}/gradient", json={"target": "z", "sources": ["x"]})
+        assert r.status_code == 409  # the tape answered once, on the other replica
+        # a graph registered on one replica is known to the other
+        graph = {"nodes": [{"id": "y", "op": "multiply", "args": ["x", "x"]}]}
+        created = a.post("/v1/graphs", json=graph)
+        assert created.status_code == 201
+        gid = created.json()["graph_id"]
+        assert b.post("/v1/graphs", json=graph).status_code == 200  # known already
+        assert b.get(f"/v1/graphs/{gid}").json()["graph"] == graph
+        r = b.post("/v1/gradient", json={"graph_id": gid, "inputs": {"x": 3.0}, "target": "y"})
+        assert r.json()["gradients"]["x"]["data"] == 6.0
+        assert b.delete(base).status_code == 204
+        assert a.get(base).status_code == 404

@@ -32,8 +32,10 @@ router = APIRouter(prefix="/v1", tags=["differentiation"], route_class=FastRoute
 
 async def _answer(svc: Services, req: GraphRequest, size: int,
                   query: Callable[[Bound], dict[str, Any]]) -> FastJSONResponse:
+    registered = await svc.graph(req.graph_id) if req.graph_id is not None else None
+
     def work() -> FastJSONResponse:  # parsing, binding and encoding included: off the loop
-        program = svc.program(req.graph, req.graph_id)  # when the body is big
+        program = registered.program if registered else svc.parse(req.graph)  # when big
         return FastJSONResponse(encode_tree(query(svc.engine.bind(program, req.inputs)),
                                             req.encoding))
 

@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Response
 
-from engine.errors import EngineError
 from service.deps import BodyBytes, ServicesDep
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.graphs import Graph, GraphCreated, GraphOut
@@ -20,7 +19,7 @@ router = APIRouter(prefix="/v1/graphs", tags=["graphs"], route_class=FastRoute)
 async def register_graph(graph: Graph, svc: ServicesDep, response: Response,
                          size: BodyBytes) -> Any:
     """Register a graph (201 new, 200 known); the id hashes its canonical form."""
-    entry, new = await svc.run(lambda: svc.registry.register(graph.plain()), body_bytes=size)
+    entry, new = await svc.register_graph(graph.plain(), size)
     response.status_code = 201 if new else 200
     program = entry.program
     return GraphCreated(graph_id=entry.graph_id, inputs=list(program.inputs),
@@ -30,10 +29,7 @@ async def register_graph(graph: Graph, svc: ServicesDep, response: Response,
 @router.get("/{graph_id}", response_model=GraphOut)
 async def get_graph(graph_id: str, svc: ServicesDep) -> Any:
     """The registered graph, as it was sent."""
-    try:
-        entry = svc.registry.get(graph_id)
-    except EngineError as exc:
-        raise exc.with_loc("path", "graph_id") from None
+    entry = await svc.graph(graph_id, loc=("path", "graph_id"))
     program = entry.program
     # the graph goes out as the JSON it was kept as, never parsed back into objects
     return FastJSONResponse({"graph_id": entry.graph_id, "inputs": list(program.inputs),

@@ -39,6 +39,7 @@ from redis.exceptions import LockError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import CapacityExceeded, Conflict, NotFound, TooLarge
+from engine.registry import RegisteredGraph, SharedGraphs
 from engine.sessions import codec
 from engine.sessions.state import Session
 from engine.sessions.store.base import SessionStore, StoreLimits, StoreUnavailable
@@ -145,6 +146,31 @@ return 1
 """
 
 
+# Keep a registered graph; evict the least recently used past the caps.
+# KEYS: g:{gid}, graphs (sorted set by last use), gbytes (hash), gtotal
+# ARGV: gid, json, size, now, max count, max bytes, prefix
+_PUT_GRAPH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('INCRBY', KEYS[4], ARGV[3])
+while redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[5])
+      or tonumber(redis.call('GET', KEYS[4]) or '0') > tonumber(ARGV[6]) do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  if #oldest == 0 then break end
+  local size = tonumber(redis.call('HGET', KEYS[3], oldest[1]) or '0')
+  redis.call('DECRBY', KEYS[4], size)
+  redis.call('HDEL', KEYS[3], oldest[1])
+  redis.call('DEL', ARGV[7] .. 'g:' .. oldest[1])
+end
+return 1
+"""
+
+
 class TensorCache:
     """This replica's copies of committed tensors, by (session, tensor id), bounded in
     bytes. A tensor id never names two values, so an entry is never stale."""
@@ -216,7 +242,7 @@ class RedisSessionStore(SessionStore):
                                              socket_timeout=10, health_check_interval=15)
             scripts = {name: client.register_script(body) for name, body in (
                 ("reap", _REAP), ("create", _CREATE), ("open", _OPEN), ("commit", _COMMIT),
-                ("delete", _DELETE))}
+                ("delete", _DELETE), ("put_graph", _PUT_GRAPH))}
             found = self._clients[loop] = (client, scripts)
         return found
 
@@ -433,3 +459,33 @@ class RedisSessionStore(SessionStore):
     def check_bytes(self, session: Session, extra: int) -> None:
         if extra > 0:
             self.check_session_bytes(session, extra, self._totals.get(id(session), 0))
+
+
+class RedisGraphs(SharedGraphs):
+    """Registered graphs in Redis, beside the sessions of `store` (same server, prefix and
+    connections), bounded by count and bytes with least-recently-used eviction."""
+
+    def __init__(self, store: RedisSessionStore, max_graphs: int, max_bytes: int):
+        self.store = store
+        self.max_graphs = max_graphs
+        self.max_bytes = max_bytes
+
+    async def put(self, entry: RegisteredGraph) -> bool:
+        k = self.store._k
+        new = await self.store._call(
+            "put_graph", [k("g", entry.graph_id), k("graphs"), k("gbytes"), k("gtotal")],
+            [entry.graph_id, entry.graph_json, entry.nbytes, time.time(), self.max_graphs,
+             self.max_bytes, self.store.prefix])
+        return bool(new)
+
+    async def get(self, gid: str) -> bytes | None:
+        k = self.store._k
+        try:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.get(k("g", gid))
+                pipe.zadd(k("graphs"), {gid: time.time()}, xx=True)
+                blob, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the graph store (Redis) cannot be reached: "
+                                   f"{type(exc).__name__}; retry shortly") from None
+        return blob if blob is None or isinstance(blob, bytes) else str(blob).encode()
