@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.idempotency import idempotency_key
 from service.state import Services
 
 # async: FastAPI runs plain `def` dependencies in the thread pool, a hop per request
+
 
 async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
@@ -22,3 +24,4 @@ async def body_bytes(request: Request) -> int:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 BodyBytes = Annotated[int, Depends(body_bytes)]
+IdempotencyDep = Depends(idempotency_key)

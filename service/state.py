@@ -7,13 +7,14 @@ import contextlib
 import ctypes
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 import orjson
+from starlette.responses import Response
 
 from engine.cache import CompileCache
 from engine.compute import Engine, Limits, Offload, inline_limit
@@ -32,6 +33,7 @@ from engine.sessions.store import (
 from engine.tensors import encode
 from service.config import Settings
 from service.errors import ApiError
+from service.idempotency import idempotency, keep, record, replay
 from service.metrics import Metrics
 from service.middleware import api_key_owner
 
@@ -108,6 +110,20 @@ class Services:
                 if await self.sessions.sweep():
                     release_free_memory()
 
+    async def once(self, make: Callable[[], Awaitable[Response]]) -> Response:
+        """`make()`'s answer; with an Idempotency-Key, the answer the key got before, if it
+        did (kept in the store for a day: creating or deleting a session)."""
+        request = idempotency.get()
+        if request is None:
+            return await make()
+        key = f"{api_key_owner.get() or '-'}:{request.key}"
+        found = await self.sessions.recall(key)
+        if found is not None:
+            return replay(request, found)
+        response = await make()
+        await self.sessions.remember(key, record(request, response))
+        return response
+
     async def create_session(self, ttl_seconds: float | None) -> Session:
         return await self.sessions.create(ttl_seconds, api_key_owner.get())
 
@@ -123,11 +139,18 @@ class Services:
         the session as it was. `compute` work (decoding tensors, running ops, derivatives,
         describing a big session) goes through `run`, which keeps only cheap work on the
         event loop."""
+        request = None if readonly else idempotency.get()
         async with self.sessions.open(session_id, api_key_owner.get(),
                                       write=not readonly) as session:
+            if request is not None and request.key in session.applied:
+                return cast(T, replay(request, session.applied[request.key]))
             if not compute:
-                return work(session)
-            return await self.run(lambda: work(session), body_bytes=body_bytes)
+                result = work(session)
+            else:
+                result = await self.run(lambda: work(session), body_bytes=body_bytes)
+            if request is not None and isinstance(result, Response):
+                keep(session.applied, request, result)  # committed with the change
+            return result
 
     def parse(self, graph: Any) -> Program:
         """The Program of an inline graph."""

@@ -519,3 +519,46 @@ def test_two_replicas_on_one_redis_serve_each_others_sessions_and_graphs(
         assert r.json()["gradients"]["x"]["data"] == 6.0
         assert b.delete(base).status_code == 204
         assert a.get(base).status_code == 404
+
+
+# ----- Idempotency-Key -----
+
+
+def test_a_retried_request_is_answered_not_applied_twice(store_settings: Settings) -> None:
+    with TestClient(create_app(store_settings)) as c:
+        key = {"Idempotency-Key": "create-1"}
+        first = c.post("/v1/sessions", json={}, headers=key)
+        again = c.post("/v1/sessions", json={}, headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert c.app.state.services.sessions.count() == 1
+        base = f"/v1/sessions/{first.json()['session_id']}"
+        assert c.put(f"{base}/tensors/v", json={"value": 0.0, "variable": True}).status_code \
+            == 200
+        bump = {"nodes": [{"id": "v", "op": "assign_add", "args": ["v", 1.0]}]}
+        answers = [c.post(f"{base}/run", json=bump, headers={"Idempotency-Key": "bump-1"})
+                   for _ in range(3)]
+        assert [r.status_code for r in answers] == [200] * 3
+        assert answers[2].json() == answers[0].json() == {"values": {
+            "v": {"dtype": "float32", "shape": [], "data": 1.0}}}
+        assert "idempotent-replayed" not in answers[0].headers
+        assert c.get(f"{base}/tensors/v").json()["data"] == 1.0  # applied once
+        c.post(f"{base}/run", json=bump, headers={"Idempotency-Key": "bump-2"})
+        assert c.get(f"{base}/tensors/v").json()["data"] == 2.0  # a new key applies again
+        # the same key with another request is refused, naming the header
+        r = c.post(f"{base}/run", json={"nodes": [
+            {"id": "v", "op": "assign_add", "args": ["v", 5.0]}]},
+            headers={"Idempotency-Key": "bump-1"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == [
+            "header", "Idempotency-Key"]
+        assert c.get(f"{base}/tensors/v").json()["data"] == 2.0
+        # tape routes and deletions replay too
+        tape = [c.post(f"{base}/tapes", json={}, headers={"Idempotency-Key": "tape-1"})
+                for _ in range(2)]
+        assert tape[0].json() == tape[1].json()
+        assert len(c.get(base).json()["tapes"]) == 1
+        gone = [c.delete(base, headers={"Idempotency-Key": "del-1"}) for _ in range(2)]
+        assert [r.status_code for r in gone] == [204, 204]
+        assert c.delete(base).status_code == 404  # without the key: it is gone
+        r = c.post("/v1/sessions", json={}, headers={"Idempotency-Key": "x" * 300})
+        assert r.status_code == 422 and "Idempotency-Key" in r.text

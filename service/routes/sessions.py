@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from service.deps import BodyBytes, ServicesDep
+from engine.sessions.state import Session
+from service.deps import BodyBytes, IdempotencyDep, ServicesDep
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.sessions import (
     CreateSession,
@@ -21,7 +22,8 @@ from service.schemas.sessions import (
 from service.schemas.tensors import Encoding, TensorOut
 from service.state import encode_tree
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=FastRoute)
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=FastRoute,
+                   dependencies=[IdempotencyDep])
 
 
 def iso(timestamp: float) -> str:
@@ -30,9 +32,13 @@ def iso(timestamp: float) -> str:
 
 @router.post("", status_code=201, response_model=SessionCreated)
 async def create_session(svc: ServicesDep, body: CreateSession | None = None) -> Any:
-    session = await svc.create_session(body.ttl_seconds if body else None)
-    return SessionCreated(session_id=session.session_id, expires_at=iso(session.expires_at),
-                          ttl_seconds=session.ttl_seconds)
+    async def make() -> Response:
+        session = await svc.create_session(body.ttl_seconds if body else None)
+        return FastJSONResponse(SessionCreated(
+            session_id=session.session_id, expires_at=iso(session.expires_at),
+            ttl_seconds=session.ttl_seconds).model_dump(), status_code=201)
+
+    return await svc.once(make)
 
 
 @router.get("/{session_id}", response_model=SessionInfo)
@@ -44,18 +50,24 @@ async def get_session(session_id: str, svc: ServicesDep) -> Any:
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, svc: ServicesDep) -> Response:
-    await svc.delete_session(session_id)
-    return Response(status_code=204)
+    async def make() -> Response:
+        await svc.delete_session(session_id)
+        return Response(status_code=204)
+
+    return await svc.once(make)
 
 
 @router.put("/{session_id}/tensors/{name}", response_model=TensorInfo)
 async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesDep,
                      size: BodyBytes) -> Any:
     """Bind `name` to a constant or a variable."""
-    value = await svc.in_session(session_id, lambda s: svc.runtime.put_tensor(
-        s, name, body.value, body.variable, body.trainable), body_bytes=size, compute=True)
-    return TensorInfo(name=name, dtype=value.dtype.name, shape=list(value.shape),
-                      variable=body.variable, trainable=body.trainable and body.variable)
+    def work(s: Session) -> FastJSONResponse:
+        value = svc.runtime.put_tensor(s, name, body.value, body.variable, body.trainable)
+        return FastJSONResponse(TensorInfo(
+            name=name, dtype=value.dtype.name, shape=list(value.shape),
+            variable=body.variable, trainable=body.trainable and body.variable).model_dump())
+
+    return await svc.in_session(session_id, work, body_bytes=size, compute=True)
 
 
 @router.get("/{session_id}/tensors/{name}", response_model=TensorOut)
@@ -68,8 +80,11 @@ async def get_tensor(session_id: str, name: str, svc: ServicesDep,
 
 @router.delete("/{session_id}/tensors/{name}", status_code=204)
 async def delete_tensor(session_id: str, name: str, svc: ServicesDep) -> Response:
-    await svc.in_session(session_id, lambda s: svc.runtime.delete_tensor(s, name))
-    return Response(status_code=204)
+    def work(s: Session) -> Response:
+        svc.runtime.delete_tensor(s, name)
+        return Response(status_code=204)
+
+    return await svc.in_session(session_id, work)
 
 
 @router.post("/{session_id}/run", response_model=Values)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from engine.sessions.state import Session
-from service.deps import BodyBytes, ServicesDep
+from service.deps import BodyBytes, IdempotencyDep, ServicesDep
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.differentiation import HessianResponse, HvpResponse, JacobianResponse
 from service.schemas.sessions import (
@@ -22,28 +22,35 @@ from service.schemas.sessions import (
 )
 from service.state import Services, encode_tree
 
-router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"], route_class=FastRoute)
+router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"], route_class=FastRoute,
+                   dependencies=[IdempotencyDep])
 
 
 @router.post("", status_code=201, response_model=TapeCreated)
 async def open_tape(session_id: str, svc: ServicesDep, body: OpenTape | None = None) -> Any:
     """Open a tape; it records from now on (the start of TensorFlow's `with` block)."""
     body = body or OpenTape()
-    tape = await svc.in_session(session_id, lambda s: svc.runtime.open_tape(
-        s, body.persistent, body.watch_accessed_variables))
-    return TapeCreated(tape_id=tape.tape_id)
+
+    def work(s: Session) -> FastJSONResponse:
+        tape = svc.runtime.open_tape(s, body.persistent, body.watch_accessed_variables)
+        return FastJSONResponse({"tape_id": tape.tape_id}, status_code=201)
+
+    return await svc.in_session(session_id, work)
 
 
 @router.get("/{tape_id}", response_model=TapeInfo)
 async def get_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
     return await svc.in_session(session_id, lambda s: svc.runtime.describe_tape(
-        s, svc.runtime.tape(s, tape_id)))
+        s, svc.runtime.tape(s, tape_id)), readonly=True)
 
 
 @router.delete("/{tape_id}", status_code=204)
 async def delete_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Response:
-    await svc.in_session(session_id, lambda s: svc.runtime.delete_tape(s, tape_id))
-    return Response(status_code=204)
+    def work(s: Session) -> Response:
+        svc.runtime.delete_tape(s, tape_id)
+        return Response(status_code=204)
+
+    return await svc.in_session(session_id, work)
 
 
 @router.post("/{tape_id}/watch", response_model=TapeInfo)
@@ -52,7 +59,7 @@ async def watch(session_id: str, tape_id: str, body: Watch, svc: ServicesDep) ->
     def work(s: Session) -> Any:
         tape = svc.runtime.tape(s, tape_id)
         svc.runtime.watch(s, tape, body.tensors)
-        return svc.runtime.describe_tape(s, tape)
+        return FastJSONResponse(svc.runtime.describe_tape(s, tape))
 
     return await svc.in_session(session_id, work)
 
@@ -62,7 +69,7 @@ def _set_state(svc: Services, session_id: str, tape_id: str, **state: bool) -> A
         tape = svc.runtime.tape(s, tape_id)
         for key, value in state.items():
             setattr(tape, key, value)
-        return svc.runtime.describe_tape(s, tape)
+        return FastJSONResponse(svc.runtime.describe_tape(s, tape))
 
     return svc.in_session(session_id, work)
 
@@ -90,7 +97,7 @@ async def reset(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
     def work(s: Session) -> Any:
         tape = svc.runtime.tape(s, tape_id)
         svc.runtime.reset(s, tape)
-        return svc.runtime.describe_tape(s, tape)
+        return FastJSONResponse(svc.runtime.describe_tape(s, tape))
 
     return await svc.in_session(session_id, work)
 

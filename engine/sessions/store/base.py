@@ -69,6 +69,13 @@ class SessionStore(ABC):
     def count(self) -> int:
         """Live sessions (as last seen, for metrics)."""
 
+    @abstractmethod
+    async def recall(self, key: str) -> tuple[str, int, str] | None:
+        """A request's answer kept under `key` by `remember` (for a day), or None."""
+
+    @abstractmethod
+    async def remember(self, key: str, answer: tuple[str, int, str]) -> None: ...
+
     async def ready(self) -> str | None:
         """None when the store can serve, else why not."""
         return None

@@ -30,6 +30,7 @@ class InMemorySessionStore(SessionStore):
         self._sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._expired: OrderedDict[str, str | None] = OrderedDict()  # id -> owner
+        self._answers: OrderedDict[str, tuple[float, tuple[str, int, str]]] = OrderedDict()
         self._mutex = threading.Lock()
 
     def __len__(self) -> int:
@@ -121,6 +122,17 @@ class InMemorySessionStore(SessionStore):
         self._expired[session_id] = session.owner if session is not None else None
         while len(self._expired) > 10_000:
             self._expired.popitem(last=False)
+
+    async def recall(self, key: str) -> tuple[str, int, str] | None:
+        found = self._answers.get(key)
+        if found is None or found[0] < self.clock():
+            return None
+        return found[1]
+
+    async def remember(self, key: str, answer: tuple[str, int, str]) -> None:
+        self._answers[key] = (self.clock() + self.limits.expired_memory, answer)
+        while len(self._answers) > 10_000:
+            self._answers.popitem(last=False)
 
     def total_bytes(self) -> int:
         """What all sessions hold. Each session's `held_bytes` is an int kept up to date by

@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError, RedisError, ResponseError
@@ -448,6 +449,25 @@ class RedisSessionStore(SessionStore):
                                 [self.prefix, self.clock()])
         await self._update_count()
         return int(gone)
+
+    async def recall(self, key: str) -> tuple[str, int, str] | None:
+        try:
+            blob = await self.redis.get(self._k("answer", key))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
+                                   f"{type(exc).__name__}; retry shortly") from None
+        if blob is None:
+            return None
+        digest, status, body = orjson.loads(blob)
+        return digest, status, body
+
+    async def remember(self, key: str, answer: tuple[str, int, str]) -> None:
+        try:
+            await self.redis.set(self._k("answer", key), orjson.dumps(answer),
+                                 px=self._seen_ms())
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
+                                   f"{type(exc).__name__}; retry shortly") from None
 
     async def _update_count(self) -> None:
         with contextlib.suppress(RedisError, OSError):
