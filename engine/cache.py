@@ -34,8 +34,8 @@ log = logging.getLogger("gradtape.engine")
 
 # XLA compile cost per equation, relative to a plain evaluation, by query kind (fitted from
 # benchmarks/compile_budget.py)
-KIND_WEIGHT = {"evaluate": 1.0, "jvp": 2.0, "gradient": 2.0, "jacobian": 3.0, "hvp": 4.0,
-               "hessian": 6.0}
+KIND_WEIGHT = {"evaluate": 0.7, "jvp": 0.9, "gradient": 1.0, "jacobian": 1.0, "hvp": 3.5,
+               "hessian": 5.0}
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,8 @@ class Replica(Server):
                 f"{self.url}/metrics", timeout=10) as answer:
             text = answer.read().decode()
         total = 0.0
-        pattern = re.compile(r'^gradtape_http_requests_total\{(?P<labels>[^}]*)\} (?P<n>\S+)$')
+        # labels may hold braces themselves (route="/v1/sessions/{session_id}")
+        pattern = re.compile(r'^gradtape_http_requests_total\{(?P<labels>.*)\} (?P<n>\S+)$')
         for line in text.splitlines():
             match = pattern.match(line)
             if not match:

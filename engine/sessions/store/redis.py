@@ -28,15 +28,17 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, RedisError, ResponseError
+from redis.exceptions import LockError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import CapacityExceeded, Conflict, NotFound, TooLarge
@@ -172,6 +174,23 @@ return 1
 """
 
 
+@contextlib.contextmanager
+def unavailable_on_failure(what: str = "the session store") -> Iterator[None]:
+    """Redis failures as StoreUnavailable (503 with Retry-After), saying which: unreachable,
+    or full (a write refused under maxmemory with noeviction)."""
+    try:
+        yield
+    except ResponseError as exc:
+        if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
+            raise StoreUnavailable(f"{what} (Redis) is full and refuses writes (maxmemory); "
+                                   "retry later, or delete sessions you no longer need"
+                                   ) from None
+        raise
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"{what} (Redis) cannot be reached: {type(exc).__name__}; "
+                               "retry shortly") from None
+
+
 class TensorCache:
     """This replica's copies of committed tensors, by (session, tensor id), bounded in
     bytes. A tensor id never names two values, so an entry is never stale."""
@@ -239,8 +258,12 @@ class RedisSessionStore(SessionStore):
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)
         if found is None:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2,
-                                             socket_timeout=10, health_check_interval=15)
+            # a connection Redis dropped (a restart) is opened again on the next command
+            client = aioredis.Redis.from_url(
+                self.url, socket_connect_timeout=2, socket_timeout=10,
+                health_check_interval=15,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError])
             scripts = {name: client.register_script(body) for name, body in (
                 ("reap", _REAP), ("create", _CREATE), ("open", _OPEN), ("commit", _COMMIT),
                 ("delete", _DELETE), ("put_graph", _PUT_GRAPH))}
@@ -257,17 +280,8 @@ class RedisSessionStore(SessionStore):
                 self._k("total"), self._k("seen", sid), self._k("ids", sid)]
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        try:
+        with unavailable_on_failure():
             return await self._connection()[1][name](keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
-        except ResponseError as exc:
-            if "OOM" in str(exc):
-                raise StoreUnavailable("the session store (Redis) is full and refuses "
-                                       "writes (maxmemory); retry later or delete sessions"
-                                       ) from None
-            raise
 
     # ----- the contract -----
 
@@ -332,11 +346,8 @@ class RedisSessionStore(SessionStore):
             else:
                 values[tid] = found
         if missing:
-            try:
+            with unavailable_on_failure():
                 blobs = await self.redis.hmget(self._k("t", sid), [str(t) for t in missing])
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                       f"{type(exc).__name__}; retry shortly") from None
             for tid, blob in zip(missing, blobs, strict=True):
                 if blob is None:
                     raise Conflict(f"tensor {tid} of session {sid!r} is missing from the "
@@ -376,11 +387,8 @@ class RedisSessionStore(SessionStore):
         lock = self.redis.lock(self._k("lock", sid), timeout=self.lease_seconds,
                                sleep=0.005, blocking_timeout=self.wait_seconds,
                                thread_local=False)
-        try:
+        with unavailable_on_failure():
             got = await lock.acquire()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
         if not got:
             raise StoreUnavailable(f"session {sid!r} is busy with a long request on another "
                                    f"replica (waited {self.wait_seconds:g} s); retry")
@@ -402,11 +410,8 @@ class RedisSessionStore(SessionStore):
                 await lock.extend(self.lease_seconds, replace_ttl=True)
 
     async def _id_block(self, sid: str) -> int:
-        try:
+        with unavailable_on_failure():
             end = await self.redis.incrby(self._k("ids", sid), ID_BLOCK)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
         return int(end) - ID_BLOCK + 1
 
     async def _commit(self, s: Session, version: str, before: set[int]) -> None:
@@ -451,23 +456,17 @@ class RedisSessionStore(SessionStore):
         return int(gone)
 
     async def recall(self, key: str) -> tuple[str, int, str] | None:
-        try:
+        with unavailable_on_failure():
             blob = await self.redis.get(self._k("answer", key))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
         if blob is None:
             return None
         digest, status, body = orjson.loads(blob)
         return digest, status, body
 
     async def remember(self, key: str, answer: tuple[str, int, str]) -> None:
-        try:
+        with unavailable_on_failure():
             await self.redis.set(self._k("answer", key), orjson.dumps(answer),
                                  px=self._seen_ms())
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"the session store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
 
     async def _update_count(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -500,12 +499,9 @@ class RedisGraphs(SharedGraphs):
 
     async def get(self, gid: str) -> bytes | None:
         k = self.store._k
-        try:
+        with unavailable_on_failure("the graph store"):
             async with self.store.redis.pipeline(transaction=False) as pipe:
                 pipe.get(k("g", gid))
                 pipe.zadd(k("graphs"), {gid: time.time()}, xx=True)
                 blob, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"the graph store (Redis) cannot be reached: "
-                                   f"{type(exc).__name__}; retry shortly") from None
         return blob if blob is None or isinstance(blob, bytes) else str(blob).encode()
