@@ -47,9 +47,13 @@ LABEL org.opencontainers.image.title="gradtape" \
       org.opencontainers.image.description="Gradients as a service: an HTTP API over JAX" \
       org.opencontainers.image.licenses="Apache-2.0"
 
+# Arrays of 1 MiB and more are mapped and unmapped on their own rather than carved from
+# glibc's heap, so memory a finished request freed goes back to the system instead of
+# fragmenting the heap (up to 1.7x the peak, benchmarks/memory_estimate.py).
 ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MALLOC_MMAP_THRESHOLD_=1048576
 
 RUN groupadd --system --gid 10001 gradtape \
     && useradd --system --uid 10001 --gid gradtape --no-log-init \

@@ -21,9 +21,11 @@ from engine.program import Eqn, Program
 from engine.transforms import Query
 
 # Peak live values per forward pass, and work per forward pass, for each query kind (a
-# gradient keeps the forward residuals and builds as many cotangents; a HVP runs a tangent
-# through both passes of a gradient).
-MEMORY_PASSES = {"evaluate": 1, "gradient": 2, "jvp": 2, "hvp": 4, "jacobian": 2, "hessian": 4}
+# gradient keeps the forward residuals, what the backward rules keep beside them, and builds
+# as many cotangents; a HVP runs a tangent through both passes of a gradient). Fitted to the
+# eager path, which a first request takes (benchmarks/memory_estimate.py); compiled code,
+# fused by XLA, peaks lower.
+MEMORY_PASSES = {"evaluate": 1, "gradient": 3, "jvp": 2, "hvp": 4, "jacobian": 2, "hessian": 4}
 WORK_PASSES = {"evaluate": 1, "gradient": 3, "jvp": 3, "hvp": 8, "jacobian": 3, "hessian": 8}
 
 
