@@ -7,8 +7,10 @@ strings "NaN", "Infinity" and "-Infinity" inside `data`, both ways.
 Decoding is strict: a value its dtype cannot hold exactly (a boolean in a numeric tensor, a
 number in a bool one, a fraction or an out-of-range number in an integer tensor, a finite
 number that overflows a float dtype, null) is an `InvalidTensor` naming the field and, inside
-an array, the index. Nested arrays are converted by NumPy in one pass; the checks after it
-are vectorised, and only values that could be booleans (0 and 1) are looked at one by one.
+an array, the index. A nested array of numbers is read in one strict pass by `struct` (NumPy
+would parse strings and read null as NaN); the checks after it are vectorised, and only the
+elements equal to 0 or 1, which is what a boolean reads as, have their type looked at.
+Anything else is read by NumPy, and what NumPy made of it says what is wrong.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import binascii
 import math
 import operator
+import struct
 from collections.abc import Iterator, Sequence
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -40,11 +43,14 @@ needs the byte count of even an empty array's shape to fit in 64 bits)."""
 
 _FLOAT32 = DTYPES[DEFAULT_FLOAT]
 _BOOL_TYPES = frozenset({bool, np.bool_})
-_INT_TYPE = frozenset({int})
+_NUMBER_TYPES = frozenset({int, float})
 _EXACT = 2**53
 """Integers above this are not all exact as float64."""
 _SMALL = 256
 """Up to this many elements, looking at every element's type is cheaper than NumPy calls."""
+_CHUNK = 1 << 14
+"""Elements packed per `struct` call (a bounded argument tuple, still warm in cache)."""
+_PACKERS = {code: struct.Struct(f"={_CHUNK}{code}") for code in "dq"}
 
 Loc = Sequence[str | int]
 
@@ -146,14 +152,28 @@ def _number(value: float, target: np.dtype, loc: Loc) -> np.ndarray:
 
 def _from_nested(data: list[Any], target: np.dtype | None, loc: Loc) -> np.ndarray:
     """A nested list of `target` (None: bool if all booleans, else float32)."""
-    _check_depth(data, loc)
+    shape, first = _outline(data, loc)
+    code = _pack_code(first, target)
+    if code is not None:
+        size = math.prod(shape)
+        if size <= _SMALL:
+            small = _small(data, shape, _FLOAT32 if target is None else target)
+            if small is not None:
+                return small
+        elif _even(data, shape):
+            values = _pack(_leaves(data, len(shape)), size, code)
+            if values is not None:
+                values = values.reshape(shape)
+                if _has_bool(values, data):
+                    raise _mixed(list(_leaves(data, len(shape))), shape, target, loc)
+                return _cast(values, _FLOAT32 if target is None else target, loc, data)
+    # booleans, strings, null, fractions for an integer dtype, ragged arrays: NumPy reads
+    # anything, and what it made of the data says what is wrong with it
     try:
         array = np.array(data)
     except (ValueError, TypeError):
         raise InvalidTensor("ragged nested array: every row must have the same length",
                             loc=loc) from None
-    if array.ndim > MAX_DIMS:
-        raise InvalidTensor(_TOO_DEEP, loc=loc)
     if array.size == 0:
         return np.empty(array.shape, dtype=_FLOAT32 if target is None else target)
     kind = array.dtype.kind
@@ -170,22 +190,97 @@ def _from_nested(data: list[Any], target: np.dtype | None, loc: Loc) -> np.ndarr
     return _from_objects(data, array, target, loc)
 
 
-def _check_depth(data: list[Any], loc: Loc) -> None:
-    """At most MAX_DIMS levels along the first path (a deeper path elsewhere is ragged)."""
+def _outline(data: list[Any], loc: Loc) -> tuple[tuple[int, ...], type | None]:
+    """The shape along the first path of a nested list (at most MAX_DIMS levels; a path that
+    is deeper or shallower elsewhere is ragged), and the type of its first element (None
+    when empty)."""
+    shape: list[int] = []
     item: Any = data
-    depth = 0
     while type(item) is list:
-        depth += 1
-        if depth > MAX_DIMS:
+        if len(shape) == MAX_DIMS:
             raise InvalidTensor(_TOO_DEEP, loc=loc)
+        shape.append(len(item))
         if not item:
-            return
+            return tuple(shape), None
         item = item[0]
+    return tuple(shape), type(item)
+
+
+def _even(data: list[Any], shape: tuple[int, ...]) -> bool:
+    """Whether the lists at each level of `data` all have the length `shape` gives them."""
+    items = data
+    try:
+        for level, length in enumerate(shape[1:], 2):
+            if set(map(len, items)) != {length}:
+                return False
+            if level < len(shape):
+                items = list(chain.from_iterable(items))
+    except TypeError:  # a number where a list belongs
+        return False
+    return True
+
+
+def _pack_code(first: type | None, target: np.dtype | None) -> str | None:
+    """The struct code that reads data starting with a `first` for `target`: "d" (float64)
+    for a float dtype, "q" (int64) for an integer one; None for NumPy to read it."""
+    if first is float or first is int:
+        if target is None or target.kind == "f":
+            return "d"
+        if first is int and target.kind in "iu":
+            return "q"
+    return None
+
+
+def _small(data: list[Any], shape: tuple[int, ...], target: np.dtype) -> np.ndarray | None:
+    """A few numbers for a numeric `target`, checked with a C loop over each element (cheaper
+    than NumPy calls at this size); None when the general path has to say what is wrong."""
+    try:
+        leaves = list(_leaves(data, len(shape)))
+    except TypeError:  # a number where a list belongs
+        return None
+    types = set(map(type, leaves))
+    if not types <= _NUMBER_TYPES:
+        return None
+    if target.kind == "f":
+        # a NaN makes the largest magnitude NaN (or is skipped): either way, safe
+        if not max(map(abs, leaves)) < _float_limit(target):
+            return None
+    elif target.kind in "iu" and int in types and float not in types:
+        low, high = _int_range(target)
+        if not (low <= min(leaves) and max(leaves) <= high):
+            return None
+    else:
+        return None
+    try:
+        return np.array(data, dtype=target)
+    except (ValueError, OverflowError):  # ragged, or an integer beyond float64
+        return None
+
+
+def _pack(items: Iterator[Any], count: int, code: str) -> np.ndarray | None:
+    """`count` items read by `struct` as float64 ("d") or int64 ("q"): in one pass, and
+    strictly, unlike NumPy, which parses strings and reads null as NaN. None where an item is
+    not a number of that kind (or a boolean, which has to be looked for afterwards), or is
+    out of its range, or there are too few items."""
+    out = np.empty(count, dtype=np.float64 if code == "d" else np.int64)
+    buffer: Any = out  # written through the buffer protocol
+    offset = 0
+    try:
+        full = _PACKERS[code]
+        for _ in range(count // _CHUNK):
+            full.pack_into(buffer, offset, *islice(items, _CHUNK))
+            offset += full.size
+        rest = count % _CHUNK
+        if rest:
+            struct.pack_into(f"={rest}{code}", buffer, offset, *islice(items, rest))
+    except (struct.error, TypeError, OverflowError):
+        return None
+    return out
 
 
 def _has_bool(array: np.ndarray, data: list[Any]) -> bool:
-    """Whether `data`, which NumPy read as the numbers `array`, holds a boolean. A boolean
-    reads as 0 or 1, so only the elements equal to 0 or 1 need their type looked at."""
+    """Whether `data`, read as the numbers `array`, holds a boolean. A boolean reads as 0 or
+    1, so only the elements equal to 0 or 1 need their type looked at."""
     if array.size <= _SMALL:
         return not _BOOL_TYPES.isdisjoint(map(type, _leaves(data, array.ndim)))
     flat = array.reshape(-1)
@@ -274,7 +369,7 @@ def _from_objects(data: list[Any], array: np.ndarray, target: np.dtype | None,
 
 
 def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> np.ndarray:
-    """`values` (read by NumPy as float64, int64 or uint64 from the list `source`) as
+    """`values` (float64, int64 or uint64, read from the nested or flat list `source`) as
     `target`, which must hold each value exactly."""
     kind = target.kind
     shape = values.shape
@@ -282,7 +377,7 @@ def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> 
         if values.dtype == target:
             return values
         if values.dtype.kind != "f" or values.dtype.itemsize <= target.itemsize:
-            return values.astype(target)
+            return values.astype(target, copy=False)
         limit = _float_limit(target)
         if values.size <= _SMALL:
             # a NaN makes the largest magnitude NaN (or is skipped): either way, safe
@@ -291,7 +386,7 @@ def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> 
             fits = bool(-limit < np.minimum.reduce(values, axis=None)
                         and np.maximum.reduce(values, axis=None) < limit)
         if fits:
-            return values.astype(target)
+            return values.astype(target, copy=False)
         # a NaN, an infinity, or a finite value that overflows
         overflow = np.isfinite(values) & (np.abs(values) >= limit)
         if overflow.any():
@@ -299,16 +394,16 @@ def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> 
             raise InvalidTensor(_float_out_of_range(values.flat[pos].item(), target,
                                                     _at(pos, shape)), loc=loc)
         with np.errstate(over="ignore"):
-            return values.astype(target)
+            return values.astype(target, copy=False)
     if kind not in "iu":
-        return values.astype(target)
+        return values.astype(target, copy=False)
     low, high = _int_range(target)
     if values.dtype.kind != "f":
         if values.dtype != target and not _ints_within(values, low, high):
             pos = int(np.argmax(((values < low) | (values > high)).reshape(-1)))
             raise InvalidTensor(_int_out_of_range(values.flat[pos].item(), target,
                                                   _at(pos, shape)), loc=loc)
-        return values.astype(target)
+        return values.astype(target, copy=False)
     finite = np.isfinite(values)
     if not finite.all():
         pos = int(np.argmin(finite.reshape(-1)))
@@ -331,9 +426,9 @@ def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> 
     outside = (values < float(low)) | (values >= float(high + 1))
     if outside.any():
         pos = int(np.argmax(outside.reshape(-1)))
-        raise InvalidTensor(_int_out_of_range(values.flat[pos].item(), target,
-                                              _at(pos, shape)), loc=loc)
-    return values.astype(target)
+        sent = np.array(source, dtype=object).reshape(-1)[pos]  # as sent, not as float64
+        raise InvalidTensor(_int_out_of_range(sent, target, _at(pos, shape)), loc=loc)
+    return values.astype(target, copy=False)
 
 
 # ----- tensor objects -----
@@ -387,16 +482,17 @@ def _check_shape(shape: Any, loc: Loc, max_elements: int | None) -> tuple[int, .
     if len(shape) > MAX_DIMS:
         raise InvalidTensor(f"shape has {len(shape)} dimensions; a tensor has at most "
                             f"{MAX_DIMS}", loc=shape_loc)
-    if not _INT_TYPE.issuperset(map(type, shape)) or min(shape, default=0) < 0:
-        raise InvalidTensor("shape must be a list of non-negative integers",
-                            loc=shape_loc)
-    if max(shape, default=0) > MAX_DIM:
-        raise InvalidTensor(f"shape dimension {_show(max(shape))} is over {MAX_DIM}, the "
-                            "largest allowed", loc=shape_loc)
-    extent = math.prod(d for d in shape if d)
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise InvalidTensor("shape must be a list of non-negative integers",
+                                loc=shape_loc)
+        if dim > MAX_DIM:
+            raise InvalidTensor(f"shape dimension {_show(dim)} is over {MAX_DIM}, the "
+                                "largest allowed", loc=shape_loc)
+    size = math.prod(shape)
+    extent = size or math.prod([dim for dim in shape if dim])
     limit = _MAX_EXTENT if max_elements is None else max_elements
     if extent > limit:
-        size = math.prod(shape)
         what = (f"{size} elements" if size else
                 f"no elements, but its non-zero dimensions multiply to {extent}")
         if max_elements is None:
