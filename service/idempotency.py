@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
+from engine.errors import Conflict, clip
 from service.responses import FastJSONResponse
 
 
@@ -52,20 +53,31 @@ async def idempotency_key(request: Request) -> None:
 
 Record = tuple[str, int, str]  # digest of the request, status, answer body
 MAX_APPLIED = 64  # answers a session keeps (its latest requests')
+MAX_KEPT_ANSWER = 65_536  # bytes; a longer answer is not kept, only that it was given
+NOT_KEPT = "\0"
 
 
 def record(request: Idempotency, response: Response) -> Record:
-    return request.digest, response.status_code, bytes(response.body).decode()
+    body = bytes(response.body)
+    if len(body) > MAX_KEPT_ANSWER:  # a session must not carry big answers in every commit
+        return request.digest, response.status_code, NOT_KEPT
+    return request.digest, response.status_code, body.decode()
 
 
 def replay(request: Idempotency, found: Record) -> Response:
-    """The first answer again, or 422 when the key came with another request."""
+    """The first answer again, or 422 when the key came with another request (or 409 when
+    the request was applied but its answer was too long to keep)."""
     digest, status, body = found
     if digest != request.digest:
         raise RequestValidationError([{
             "loc": ("header", "Idempotency-Key"), "type": "value_error",
             "msg": "this Idempotency-Key was used with a different request (method, path or "
                    "body); use a new key for a new request"}])
+    if body == NOT_KEPT:
+        raise Conflict(f"this request (Idempotency-Key {clip(request.key)}) was applied "
+                       f"already; its answer was over {MAX_KEPT_ANSWER} bytes and was not "
+                       "kept: read the values you need with GET, or ask with fetch [] or "
+                       "encoding \"none\"")
     if not body:
         return Response(status_code=status, headers={"Idempotent-Replayed": "true"})
     return FastJSONResponse(orjson.loads(body), status_code=status,

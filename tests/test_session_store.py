@@ -562,3 +562,17 @@ def test_a_retried_request_is_answered_not_applied_twice(store_settings: Setting
         assert c.delete(base).status_code == 404  # without the key: it is gone
         r = c.post("/v1/sessions", json={}, headers={"Idempotency-Key": "x" * 300})
         assert r.status_code == 422 and "Idempotency-Key" in r.text
+
+
+def test_a_long_answer_is_not_kept_but_never_applied_twice(store_settings: Settings) -> None:
+    with TestClient(create_app(store_settings)) as c:
+        base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
+        c.put(f"{base}/tensors/v", json={"value": [0.0] * 20_000, "variable": True})
+        bump = {"nodes": [{"id": "v", "op": "assign_add", "args": ["v", 1.0]}]}
+        key = {"Idempotency-Key": "long-1"}
+        first = c.post(f"{base}/run", json=bump, headers=key)
+        assert first.status_code == 200 and len(first.content) > 65_536
+        again = c.post(f"{base}/run", json=bump, headers=key)
+        assert again.status_code == 409 and "applied already" in again.json()["detail"]
+        assert c.get(f"{base}/tensors/v").json()["data"][:2] == [1.0, 1.0]
+        assert c.get(base).json()["bytes"] < c.get(base).json()["tensor_bytes"] + 10_000
