@@ -337,14 +337,22 @@ def test_a_stalled_writer_is_fenced_off(shared: Callable[..., RedisSessionStore]
 
     async def body() -> None:
         sid = (await a.create()).session_id
-        stale, version, _ = await a._load(sid, None)  # a replica loads, then stalls
-        async with b.open(sid) as s:  # another writes meanwhile (the lease ran out)
+        # a replica takes the lease and loads, then stalls past its lease
+        stale, version, _ = await a._load(sid, None, token="stalled")
+        loaded = set(stale.values)
+        await a.redis.delete(f"gt:lock:{sid}")  # the lease runs out
+        async with b.open(sid) as s:  # another writes meanwhile
             rt.put_tensor(s, "x", 1.0)
-        rt.put_tensor(stale, "x", 99.0)
+        rt.put_tensor(stale, "x", 99.0)  # under an id of the stalled request's own block
+        rt.put_tensor(stale, "y", 5.0)
         with pytest.raises(Conflict, match="changed by another request"):
-            await a._commit(stale, version, set())
+            await a._commit(stale, version, loaded, "stalled")
         async with a.open(sid, write=False) as s:
-            assert float(rt.get_tensor(s, "x")) == 1.0
+            assert float(rt.get_tensor(s, "x")) == 1.0 and "y" not in s.names
+        # nothing of the fenced-off request stays in Redis
+        stored = {int(t) for t in await a.redis.hkeys(f"gt:t:{sid}")}
+        async with a.open(sid, write=False) as s:
+            assert stored == set(s.values)
 
     run(body, a, b)
 

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import CapacityExceeded, Conflict, NotFound, TooLarge
@@ -77,25 +77,33 @@ redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[9])
 return 1
 """
 
-# Open a session: check it exists, belongs to the owner and has not expired, then push its
-# expiry back. KEYS: s:{sid}, live, bytes, total, seen:{sid}, t:{sid}, ids:{sid}
-# ARGV: now, owner, sid, ttl grace ms, seen ms, prefix
-# Returns {status, state, version, total}: status 0 ok, 1 unknown, 2 expired.
+# Open a session, in one round trip: for a writing request (a token given) take its lease
+# first (busy: status 3); check the session exists, belongs to the owner and has not
+# expired; push its expiry back; for a writer, take a block of fresh tensor ids.
+# KEYS: s:{sid}, live, bytes, total, seen:{sid}, t:{sid}, ids:{sid}, lock:{sid}
+# ARGV: now, owner, sid, ttl grace ms, seen ms, token (or ''), lease ms, id block
+# Returns {status, state, version, total, last id of the block}: status 0 ok, 1 unknown,
+# 2 expired, 3 busy.
 _OPEN = """
+local writer = ARGV[6] ~= ''
+if writer and not redis.call('SET', KEYS[8], ARGV[6], 'NX', 'PX', ARGV[7]) then
+  return {3}
+end
 local s = redis.call('HMGET', KEYS[1], 'state', 'version', 'owner', 'expires', 'ttl')
-if not s[1] then
+if not s[1] or (s[3] ~= '' and s[3] ~= ARGV[2]) then
+  if writer then redis.call('DEL', KEYS[8]) end
+  if s[1] then return {1} end
   local seen = redis.call('GET', KEYS[5])
   if seen and (seen == '' or seen == ARGV[2]) then return {2} end
   return {1}
 end
-if s[3] ~= '' and s[3] ~= ARGV[2] then return {1} end
 local now = tonumber(ARGV[1])
 if now >= tonumber(s[4]) then
   local b = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
   redis.call('DECRBY', KEYS[4], b)
   redis.call('HDEL', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('DEL', KEYS[1], KEYS[6], KEYS[7])
+  redis.call('DEL', KEYS[1], KEYS[6], KEYS[7], KEYS[8])
   return {2}
 end
 local ttl = tonumber(s[5])
@@ -107,23 +115,53 @@ redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[6], keep)
 redis.call('PEXPIRE', KEYS[7], keep)
 redis.call('PEXPIRE', KEYS[5], keep + tonumber(ARGV[5]))
-return {0, s[1], s[2], redis.call('GET', KEYS[4]) or '0'}
+local last = 0
+if writer then last = redis.call('INCRBY', KEYS[7], ARGV[8]) end
+return {0, s[1], s[2], redis.call('GET', KEYS[4]) or '0', last}
 """
 
-# Commit a writing request. KEYS: s:{sid}, t:{sid}, live, bytes, total, seen:{sid}, ids:{sid}
-# ARGV: sid, version, state, bytes, total cap, expires, keep ms, seen ms, n_del,
-#       del ids..., then id, blob pairs
-# Returns {version'} or {-1} (fenced off) or {-2, total} (over the total cap).
+# KEYS: lock:{sid}; ARGV: token, lease ms. Extend the lease (1) if it is still ours.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lock:{sid}; ARGV: token. Give the lease back if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Commit a writing request, whose new tensors were written just before, in the same
+# pipeline, under ids nothing refers to yet. KEYS: s:{sid}, t:{sid}, live, bytes, total,
+# seen:{sid}, ids:{sid}, lock:{sid}
+# ARGV: sid, version, state, bytes, total cap, expires, keep ms, seen ms, token, n_del,
+#       del ids..., n_new, new ids...
+# Returns {version'}, or {-1} (fenced off), {-2, total} (over the total cap) or {-3} (a new
+# tensor is not there: its write was refused), when the new tensors are dropped again. The
+# lease is given back either way.
 _COMMIT = """
+local n = tonumber(ARGV[10])
+local m = tonumber(ARGV[11 + n])
+local function give_back()
+  if redis.call('GET', KEYS[8]) == ARGV[9] then redis.call('DEL', KEYS[8]) end
+end
+local function drop_new()
+  for i = 12 + n, 11 + n + m do redis.call('HDEL', KEYS[2], ARGV[i]) end
+  give_back()
+end
 local v = redis.call('HGET', KEYS[1], 'version')
-if v ~= ARGV[2] then return {-1} end
+if v ~= ARGV[2] then drop_new(); return {-1} end
+for i = 12 + n, 11 + n + m do  -- the tensors' write before this may have been refused
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then drop_new(); return {-3} end
+end
 local old = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
 local delta = tonumber(ARGV[4]) - old
 local total = tonumber(redis.call('GET', KEYS[5]) or '0')
-if delta > 0 and total + delta > tonumber(ARGV[5]) then return {-2, total} end
-local n = tonumber(ARGV[9])
-for i = 10, 9 + n do redis.call('HDEL', KEYS[2], ARGV[i]) end
-for i = 10 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if delta > 0 and total + delta > tonumber(ARGV[5]) then drop_new(); return {-2, total} end
+for i = 11, 10 + n do redis.call('HDEL', KEYS[2], ARGV[i]) end
 local nv = tonumber(v) + 1
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'version', nv, 'bytes', ARGV[4],
            'expires', ARGV[6])
@@ -133,10 +171,12 @@ redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
 for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
 redis.call('PEXPIRE', KEYS[7], ARGV[7])
 redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[7]) + tonumber(ARGV[8]))
+give_back()
 return {nv}
 """
 
-# KEYS: s:{sid}, t:{sid}, live, bytes, total, seen:{sid}, ids:{sid}; ARGV: sid, owner
+# KEYS: s:{sid}, t:{sid}, live, bytes, total, seen:{sid}, ids:{sid}, lock:{sid}
+# ARGV: sid, owner
 _DELETE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner or (owner ~= '' and owner ~= ARGV[2]) then return 0 end
@@ -144,7 +184,7 @@ local b = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
 redis.call('DECRBY', KEYS[5], b)
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8])
 return 1
 """
 
@@ -266,7 +306,8 @@ class RedisSessionStore(SessionStore):
                 retry_on_error=[RedisConnectionError, RedisTimeoutError])
             scripts = {name: client.register_script(body) for name, body in (
                 ("reap", _REAP), ("create", _CREATE), ("open", _OPEN), ("commit", _COMMIT),
-                ("delete", _DELETE), ("put_graph", _PUT_GRAPH))}
+                ("delete", _DELETE), ("put_graph", _PUT_GRAPH), ("extend", _EXTEND),
+                ("release", _RELEASE))}
             found = self._clients[loop] = (client, scripts)
         return found
 
@@ -277,7 +318,8 @@ class RedisSessionStore(SessionStore):
 
     def _session_keys(self, sid: str) -> list[str]:
         return [self._k("s", sid), self._k("t", sid), self._k("live"), self._k("bytes"),
-                self._k("total"), self._k("seen", sid), self._k("ids", sid)]
+                self._k("total"), self._k("seen", sid), self._k("ids", sid),
+                self._k("lock", sid)]
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         with unavailable_on_failure():
@@ -323,18 +365,43 @@ class RedisSessionStore(SessionStore):
     def _seen_ms(self) -> int:
         return math.ceil(self.limits.expired_memory * 1000)
 
-    async def _load(self, sid: str, owner: str | None) -> tuple[Session, str, int]:
+    async def _load(self, sid: str, owner: str | None, token: str = "",
+                    tensors: bool = True) -> tuple[Session, str, int]:
+        """The session (as of now) with its version and the store's total bytes; with a
+        `token`, under the lease taken for it, with a block of fresh tensor ids."""
         keys = self._session_keys(sid)
-        reply = await self._call("open", [keys[0], keys[2], keys[3], keys[4], keys[5], keys[1],
-                                          keys[6]],
-                                 [self.clock(), owner or "", sid, GRACE_MS, self._seen_ms()])
+        args = [self.clock(), owner or "", sid, GRACE_MS, self._seen_ms(), token,
+                math.ceil(self.lease_seconds * 1000), ID_BLOCK]
+        order = [keys[0], keys[2], keys[3], keys[4], keys[5], keys[1], keys[6], keys[7]]
+        reply = await self._call("open", order, args)
+        delay, deadline = 0.002, time.monotonic() + self.wait_seconds
+        while reply[0] == 3:  # another request holds the lease: wait for it
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"session {sid!r} is busy with a long request on "
+                                       f"another replica (waited {self.wait_seconds:g} s); "
+                                       "retry")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            args[0] = self.clock()
+            reply = await self._call("open", order, args)
         if reply[0] != 0:
             raise NotFound(self.missing(sid, expired=reply[0] == 2))
         state, version, total = reply[1], reply[2], int(reply[3])
-        values = await self._tensors(sid, codec.tensor_ids(state))
-        session = codec.load_state(state, values, self.clock())
+        try:
+            values = await self._tensors(sid, codec.tensor_ids(state)) if tensors else {}
+            session = codec.load_state(state, values, self.clock())
+        except BaseException:
+            if token:
+                await self._release(sid, token)
+            raise
         session.last_used = self.clock()
+        if token:
+            session.next_id = int(reply[4]) - ID_BLOCK + 1
         return session, version.decode() if isinstance(version, bytes) else str(version), total
+
+    async def _release(self, sid: str, token: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._call("release", [self._k("lock", sid)], [token])
 
     async def _tensors(self, sid: str, ids: list[int]) -> dict[int, np.ndarray]:
         values: dict[int, np.ndarray] = {}
@@ -369,67 +436,65 @@ class RedisSessionStore(SessionStore):
                 self._totals.pop(id(session), None)
             return
         local = self._local.setdefault(session_id, asyncio.Lock())
-        async with local, self._lease(session_id):
-            session, version, total = await self._load(session_id, owner)
-            session.next_id = await self._id_block(session_id)
+        async with local:  # this replica's requests on the session queue here, not in Redis
+            token = uuid.uuid4().hex
+            session, version, total = await self._load(session_id, owner, token)
             before = set(session.values)
             self._totals[id(session)] = total
+            keeper = asyncio.create_task(self._keep(session_id, token))
             try:
                 yield session
-                await self._commit(session, version, before)
+            except BaseException:
+                keeper.cancel()
+                await self._release(session_id, token)
+                raise
             finally:
+                keeper.cancel()
                 self._totals.pop(id(session), None)
+            await self._commit(session, version, before, token)
         if not local.locked():
             self._local.pop(session_id, None)
 
-    @asynccontextmanager
-    async def _lease(self, sid: str) -> AsyncIterator[None]:
-        lock = self.redis.lock(self._k("lock", sid), timeout=self.lease_seconds,
-                               sleep=0.005, blocking_timeout=self.wait_seconds,
-                               thread_local=False)
-        with unavailable_on_failure():
-            got = await lock.acquire()
-        if not got:
-            raise StoreUnavailable(f"session {sid!r} is busy with a long request on another "
-                                   f"replica (waited {self.wait_seconds:g} s); retry")
-        keeper = asyncio.create_task(self._keep(lock))
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(LockError, RedisError, OSError):
-                await lock.release()
-
-    async def _keep(self, lock: Any) -> None:
+    async def _keep(self, sid: str, token: str) -> None:
         """Extend the lease while the request runs."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            with contextlib.suppress(LockError, RedisError, OSError):
-                await lock.extend(self.lease_seconds, replace_ttl=True)
+            with contextlib.suppress(StoreUnavailable):
+                await self._call("extend", [self._k("lock", sid)],
+                                 [token, math.ceil(self.lease_seconds * 1000)])
 
-    async def _id_block(self, sid: str) -> int:
-        with unavailable_on_failure():
-            end = await self.redis.incrby(self._k("ids", sid), ID_BLOCK)
-        return int(end) - ID_BLOCK + 1
-
-    async def _commit(self, s: Session, version: str, before: set[int]) -> None:
+    async def _commit(self, s: Session, version: str, before: set[int], token: str) -> None:
+        """One round trip: the new tensors, then the script that checks the version (fencing)
+        and the caps, writes the state and gives the lease back."""
         sid = s.session_id
         new = [t for t in s.values if t not in before]
         gone = [t for t in before if t not in s.values]
-        pairs: list[Any] = []
-        for tid in new:
-            pairs += [str(tid), codec.dump_tensor(s.values[tid])]
         expires = self.clock() + s.ttl_seconds
         keep = math.ceil(s.ttl_seconds * 1000) + GRACE_MS
-        reply = await self._call(
-            "commit", self._session_keys(sid),
-            [sid, version, codec.dump_state(s), s.held_bytes, self.limits.total_max_bytes,
-             repr(expires), keep, self._seen_ms(), len(gone), *[str(t) for t in gone], *pairs])
+        client, scripts = self._connection()
+        with unavailable_on_failure():
+            async with client.pipeline(transaction=False) as pipe:
+                if new:
+                    pipe.hset(self._k("t", sid), mapping={
+                        str(t): codec.dump_tensor(s.values[t]) for t in new})
+                await scripts["commit"](
+                    keys=self._session_keys(sid), client=pipe,
+                    args=[sid, version, codec.dump_state(s), s.held_bytes,
+                          self.limits.total_max_bytes, repr(expires), keep, self._seen_ms(),
+                          token, len(gone), *[str(t) for t in gone], len(new),
+                          *[str(t) for t in new]])
+                replies = await pipe.execute(raise_on_error=False)
+        for failed in replies:  # the tensors' write refused (Redis full): nothing was kept
+            if isinstance(failed, Exception):
+                with unavailable_on_failure():
+                    raise failed
+        reply = replies[-1]
         if reply[0] == -1:
             raise Conflict(f"session {sid!r} was changed by another request while this one "
                            "ran (its lease ran out); nothing of this request was kept: retry")
+        if reply[0] == -3:
+            raise StoreUnavailable("the session store (Redis) did not keep this request's "
+                                   "tensors; nothing of it was kept: retry")
         if reply[0] == -2:
             raise TooLarge(f"all sessions together would hold more than "
                            f"{self.limits.total_max_bytes} bytes "
@@ -438,15 +503,14 @@ class RedisSessionStore(SessionStore):
             self.cache.put(sid, tid, s.values[tid])
 
     async def delete(self, session_id: str, owner: str | None = None) -> None:
-        async with self._local.setdefault(session_id, asyncio.Lock()), \
-                self._lease(session_id):
-            done = await self._call("delete", self._session_keys(session_id),
-                                    [session_id, owner or ""])
+        async with self._local.setdefault(session_id, asyncio.Lock()):
+            token = uuid.uuid4().hex
+            # 404 as a request would; the lease
+            await self._load(session_id, owner, token, tensors=False)
+            await self._call("delete", self._session_keys(session_id),
+                             [session_id, owner or ""])
         self._local.pop(session_id, None)
         self.cache.forget(session_id)
-        if not done:  # unknown, expired or another key's: say which, as a request would
-            await self._load(session_id, owner)
-            raise NotFound(self.missing(session_id, expired=False))
         await self._update_count()
 
     async def sweep(self) -> int:
