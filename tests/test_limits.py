@@ -544,7 +544,7 @@ def test_a_client_that_disconnects_mid_request_leaves_its_session_consistent(
         sid = c.post("/v1/sessions").json()["session_id"]
         base = f"/v1/sessions/{sid}"
         c.put(f"{base}/tensors/x", json={"value": 0.001, "variable": True})
-        nodes = [{"id": "b", "op": "broadcast_to", "args": ["x"], "attrs": {"shape": [1500, 1500]}},
+        nodes = [{"id": "b", "op": "broadcast_to", "args": ["x"], "attrs": {"shape": [2500, 2500]}},
                  {"id": "m", "op": "matmul", "args": ["b", "b"]},
                  {"id": "m2", "op": "matmul", "args": ["m", "b"]},
                  {"id": "s", "op": "sum", "args": ["m2"]},
