@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from engine.errors import (
     CapacityExceeded,
@@ -23,6 +24,7 @@ from engine.errors import (
     NotFound,
     TooLarge,
 )
+from engine.sessions.store import StoreUnavailable
 from service.responses import ProblemResponse
 
 log = logging.getLogger("gradtape")
@@ -34,6 +36,7 @@ STATUS: dict[type[EngineError], int] = {
     Conflict: 409,
     TooLarge: 413,
     CapacityExceeded: 429,
+    StoreUnavailable: 503,
 }
 
 
@@ -69,12 +72,19 @@ async def engine_error(request: Request, exc: Exception) -> ProblemResponse:
     loc = list(exc.loc) if exc.loc[:1] in (("path",), ("query",)) else ["body", *exc.loc]
     errors = [{"loc": loc, "msg": exc.detail}] if exc.loc else None
     detail = exc.detail if exc.node is None else f"node {exc.node!r}: {exc.detail}"
+    retry = getattr(exc, "retry_after", None)
     return problem(status, detail, title=exc.title, slug=exc.title.lower().replace(" ", "-"),
-                   errors=errors, node=exc.node)
+                   errors=errors, node=exc.node,
+                   headers={"Retry-After": str(retry)} if retry is not None else None)
 
 
 async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":  # not JSON at all: 400, not 422
+            loc, msg = _clean(error)
+            return problem(400, f"body: {msg}", title="Malformed JSON", slug="malformed-json",
+                           errors=[{"loc": list(loc), "msg": msg}])
     grouped: dict[tuple[Any, ...], list[str]] = {}
     for error in exc.errors():
         loc, msg = _clean(error)
@@ -109,11 +119,25 @@ async def http_error(request: Request, exc: Exception) -> ProblemResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}; the API lives under /v1 (see /docs)"
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
         detail = f"{request.method} is not allowed on {request.url.path}; allowed: " + \
-            (exc.headers or {}).get("Allow", "see /docs")
+            (headers["Allow"] or "see /docs")
     slug = "too-large" if exc.status_code == 413 else None
-    return problem(exc.status_code, detail, slug=slug, headers=dict(exc.headers or {}) or None)
+    return problem(exc.status_code, detail, slug=slug, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method of the request's path. Starlette's 405 names only the methods of the first
+    route that matched the path, but routes of the same path with other methods match it too:
+    ask the app's routes which methods they take there."""
+    return [method for method in METHODS if any(
+        route.matches({**request.scope, "method": method})[0] == Match.FULL
+        for route in request.app.routes)]
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 async def api_error(request: Request, exc: Exception) -> ProblemResponse:

@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 import engine
-from service import errors
+from service import errors, openapi
 from service.config import Settings
 from service.metrics import MetricsMiddleware
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from service.observability import RequestContextMiddleware
 from service.responses import FastJSONResponse
 from service.routes import differentiation, graphs, health, ops, sessions, tapes
 from service.state import Services
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, ops.router, graphs.router, differentiation.router,
                    sessions.router, tapes.router):
         app.include_router(router)
+    openapi.install(app, settings)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -63,5 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestContextMiddleware, settings=settings)  # outermost
     logging.getLogger("gradtape").setLevel(settings.log_level.upper())
     return app

@@ -8,6 +8,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -34,12 +35,29 @@ class _OrjsonRequest(Request):
 
 
 class FastRoute(APIRoute):
-    """A route whose JSON body is parsed by orjson (several times faster than `json`)."""
+    """A route whose JSON body is parsed by orjson (several times faster than `json`), and
+    that answers 415 to a body of another media type. A route that takes other media types
+    lists them in `openapi_extra["requestBody"]["content"]`."""
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
+        declared = ((self.openapi_extra or {}).get("requestBody") or {}).get("content") or {}
+        media_types = {"application/json", *declared} if self.body_field or declared else None
 
         async def route(request: Request) -> Any:
-            return await handler(_OrjsonRequest(request.scope, request.receive))
+            request = _OrjsonRequest(request.scope, request.receive)
+            if media_types is not None:
+                given = request.headers.get("content-type", "")
+                if not _accepted(given, media_types) and await request.body():
+                    sent = given.split(";", 1)[0].strip()[:100] or "a body without Content-Type"
+                    takes = " or ".join(sorted(media_types))
+                    raise HTTPException(415, f"this route takes {takes}, not {sent}")
+            return await handler(request)
 
         return route
+
+
+def _accepted(content_type: str, media_types: set[str]) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in media_types or (
+        media_type.startswith("application/") and media_type.endswith("+json"))

@@ -420,7 +420,8 @@ def test_integer_source_gets_null_gradient(client: TestClient) -> None:
 def test_malformed_json(client: TestClient) -> None:
     r = client.post("/v1/gradient", content=b'{"graph": ',
                     headers={"content-type": "application/json"})
-    body = assert_problem(r, 422, says=("malformed JSON",))
+    body = assert_problem(r, 400, says=("malformed JSON",))
+    assert body["type"] == "urn:gradtape:problem:malformed-json"
     assert body["errors"][0]["loc"][0] == "body"
 
 

@@ -12,6 +12,7 @@ import engine
 from engine.sessions.store import StoreUnavailable
 from service.deps import ServicesDep
 from service.responses import FastRoute
+from service.schemas.service import Info
 
 router = APIRouter(prefix="/v1", tags=["service"], route_class=FastRoute)
 
@@ -36,7 +37,7 @@ async def ready(svc: ServicesDep) -> Health:
     return Health()
 
 
-@router.get("/info")
+@router.get("/info", response_model=None, responses={200: {"model": Info}})
 async def info(svc: ServicesDep) -> dict[str, Any]:
     """Versions, the JAX backend and devices, the session store, limits and cache stats."""
     s = svc.settings

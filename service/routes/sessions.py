@@ -32,6 +32,8 @@ def iso(timestamp: float) -> str:
 
 @router.post("", status_code=201, response_model=SessionCreated)
 async def create_session(svc: ServicesDep, body: CreateSession | None = None) -> Any:
+    """Create a session: an eager workspace of named tensors and tapes. Its id goes in the
+    path of every other session route."""
     async def make() -> Response:
         session = await svc.create_session(body.ttl_seconds if body else None)
         return FastJSONResponse(SessionCreated(
@@ -43,6 +45,8 @@ async def create_session(svc: ServicesDep, body: CreateSession | None = None) ->
 
 @router.get("/{session_id}", response_model=SessionInfo)
 async def get_session(session_id: str, svc: ServicesDep) -> Any:
+    """The session's tensors (name, dtype, shape, variable, trainable), tapes, bytes held and
+    expiry."""
     info = await svc.in_session(session_id, svc.runtime.describe, compute=True,
                                 readonly=True)
     return {**info, "expires_at": iso(info["expires_at"])}
@@ -50,6 +54,7 @@ async def get_session(session_id: str, svc: ServicesDep) -> Any:
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, svc: ServicesDep) -> Response:
+    """Delete the session and everything in it."""
     async def make() -> Response:
         await svc.delete_session(session_id)
         return Response(status_code=204)
@@ -73,6 +78,7 @@ async def put_tensor(session_id: str, name: str, body: PutTensor, svc: ServicesD
 @router.get("/{session_id}/tensors/{name}", response_model=TensorOut)
 async def get_tensor(session_id: str, name: str, svc: ServicesDep,
                      encoding: Encoding = "json") -> Any:
+    """The tensor bound to `name`."""
     return await svc.in_session(session_id, lambda s: svc.runtime.answer_tensor(
         s, name, lambda v: FastJSONResponse(encode_tree(v, encoding))), compute=True,
         readonly=True)
@@ -80,6 +86,7 @@ async def get_tensor(session_id: str, name: str, svc: ServicesDep,
 
 @router.delete("/{session_id}/tensors/{name}", status_code=204)
 async def delete_tensor(session_id: str, name: str, svc: ServicesDep) -> Response:
+    """Unbind `name`."""
     def work(s: Session) -> Response:
         svc.runtime.delete_tensor(s, name)
         return Response(status_code=204)

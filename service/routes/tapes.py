@@ -40,12 +40,15 @@ async def open_tape(session_id: str, svc: ServicesDep, body: OpenTape | None = N
 
 @router.get("/{tape_id}", response_model=TapeInfo)
 async def get_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    """Whether the tape records, what it watches, how many ops it holds, whether it was
+    used."""
     return await svc.in_session(session_id, lambda s: svc.runtime.describe_tape(
         s, svc.runtime.tape(s, tape_id)), readonly=True)
 
 
 @router.delete("/{tape_id}", status_code=204)
 async def delete_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Response:
+    """Delete the tape and what it recorded."""
     def work(s: Session) -> Response:
         svc.runtime.delete_tape(s, tape_id)
         return Response(status_code=204)
@@ -88,6 +91,7 @@ async def pause(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
 
 @router.post("/{tape_id}/resume", response_model=TapeInfo)
 async def resume(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
+    """Record again after a pause (the end of `stop_recording`)."""
     return await _set_state(svc, session_id, tape_id, paused=False)
 
 
@@ -122,6 +126,8 @@ async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: Servi
 @router.post("/{tape_id}/jacobian", response_model=JacobianResponse)
 async def jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
                    size: BodyBytes) -> Any:
+    """Full Jacobian of the target with respect to each source: target.shape +
+    source.shape."""
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.jacobian(
                           s, t, body.target, body.sources, body.unconnected_gradients))
@@ -137,9 +143,10 @@ async def batch_jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: Se
                           batch=True))
 
 
-@router.post("/{tape_id}/hvp", response_model=HvpResponse)
+@router.post("/{tape_id}/hvp", summary="Hessian-vector product", response_model=HvpResponse)
 async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
               size: BodyBytes) -> Any:
+    """Hessian-vector product of a scalar target, with the value and the gradients."""
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hvp(
                           s, t, body.target, body.sources, body.vectors,
@@ -149,6 +156,7 @@ async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
 @router.post("/{tape_id}/hessian", response_model=HessianResponse)
 async def hessian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesDep,
                   size: BodyBytes) -> Any:
+    """Hessian blocks {a: {b: d2 target / da db}} of a scalar target."""
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hessian(
                           s, t, body.target, body.sources, body.unconnected_gradients))

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.schemas.graphs import TUTORIAL_GRAPH, TUTORIAL_INPUTS, Graph
+from service.schemas import examples
+from service.schemas.base import Name, Strict
+from service.schemas.graphs import Graph
 from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
-ONES = [[1, 1], [1, 1]]
+Targets = Name | Annotated[list[Name], Field(min_length=1)]
+
+# What `_one_graph` checks, said in JSON Schema: exactly one of the two is there and not null.
+ONE_GRAPH: list[Any] = [{"required": ["graph"], "properties": {"graph": {"type": "object"}}},
+             {"required": ["graph_id"], "properties": {"graph_id": {"type": "string"}}}]
 
 
-def _example(**extra: Any) -> ConfigDict:
-    body = {"graph": TUTORIAL_GRAPH, "inputs": TUTORIAL_INPUTS, **extra}
-    return ConfigDict(extra="forbid", json_schema_extra={"examples": [body]})
+def _example(body: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [body], "oneOf": ONE_GRAPH})
 
 
-class GraphRequest(BaseModel):
+class GraphRequest(Strict):
     """A graph inline (`graph`) or registered (`graph_id`), and values for its inputs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(json_schema_extra={"oneOf": ONE_GRAPH})
 
     graph: Graph | None = None
-    graph_id: str | None = None
+    graph_id: str | None = Field(None, description="from POST /v1/graphs")
     inputs: dict[str, Tensor] = Field(default_factory=dict, description="{input: tensor}")
     encoding: Encoding = Field(
         "json", description="'base64' answers tensors as b64 bytes instead of nested data; "
@@ -39,17 +44,16 @@ class GraphRequest(BaseModel):
 
 
 class EvaluateRequest(GraphRequest):
-    model_config = _example(outputs=["y", "z"])
+    model_config = _example(examples.EVALUATE)
 
     outputs: list[str] | None = Field(None, description="names to return; intermediates "
                                       "allowed; default: the graph's outputs")
 
 
 class GradientRequest(GraphRequest):
-    model_config = _example(target="z", sources=["x"])
+    model_config = _example(examples.STATELESS_GRADIENT)
 
-    target: str | list[str] = Field(description="a name, or a list whose total is "
-                                    "differentiated")
+    target: Targets = Field(description="a name, or a list whose total is differentiated")
     sources: list[str] | None = Field(None, description="names (inputs or intermediates); "
                                       "default: every floating-point input")
     output_gradients: Tensor | dict[str, Tensor] | None = Field(
@@ -59,7 +63,7 @@ class GradientRequest(GraphRequest):
 
 
 class JacobianRequest(GraphRequest):
-    model_config = _example(target="y", sources=["x"])
+    model_config = _example(examples.STATELESS_JACOBIAN)
 
     target: str
     sources: list[str] | None = None
@@ -67,7 +71,7 @@ class JacobianRequest(GraphRequest):
 
 
 class HvpRequest(GraphRequest):
-    model_config = _example(target="z", sources=["x"], vectors={"x": ONES})
+    model_config = _example(examples.STATELESS_HVP)
 
     target: str = Field(description="a scalar")
     sources: list[str] | None = None
@@ -76,7 +80,7 @@ class HvpRequest(GraphRequest):
 
 
 class HessianRequest(GraphRequest):
-    model_config = _example(target="z", sources=["x"])
+    model_config = _example(examples.STATELESS_HESSIAN)
 
     target: str = Field(description="a scalar")
     sources: list[str] | None = None
@@ -84,9 +88,10 @@ class HessianRequest(GraphRequest):
 
 
 class JvpRequest(GraphRequest):
-    model_config = _example(tangents={"x": ONES}, outputs=["z"])
+    model_config = _example(examples.JVP)
 
-    tangents: dict[str, Tensor] = Field(description="{input or intermediate: tangent}")
+    tangents: dict[str, Tensor] = Field(min_length=1,
+                                        description="{input or intermediate: tangent}")
     outputs: list[str] | None = None
 
 

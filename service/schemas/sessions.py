@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from service.schemas import examples
+from service.schemas.base import Name, Strict
 from service.schemas.graphs import Node
 from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Targets = Name | Annotated[list[Name], Field(min_length=1)]
 
 
 class CreateSession(Strict):
-    ttl_seconds: float | None = Field(None, gt=0, description="idle time before expiry; "
-                                      "default and maximum are configured")
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SESSION]})
+
+    ttl_seconds: float | None = Field(None, ge=1, allow_inf_nan=False, description=(
+        "seconds of idle time before expiry, at least 1; default and maximum are configured "
+        "(GET /v1/info)"))
 
 
 class SessionCreated(BaseModel):
@@ -29,8 +31,7 @@ class SessionCreated(BaseModel):
 
 
 class PutTensor(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"value": [[1, 1], [1, 1]], "variable": False, "trainable": True}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.PUT_X]})
 
     value: Tensor
     variable: StrictBool = Field(False, description="a variable can be assigned in place; "
@@ -39,19 +40,20 @@ class PutTensor(Strict):
 
 
 class RunRequest(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "nodes": [{"id": "y", "op": "reduce_sum", "args": ["x"]},
-                  {"id": "z", "op": "multiply", "args": ["y", "y"]}]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN]})
 
-    nodes: list[Node] = Field(description="run in order; an id may rebind a name; assign, "
-                              "assign_add and assign_sub update a variable")
+    nodes: list[Node] = Field(min_length=1, description="run in order; an id may rebind a "
+                              "name; assign, assign_add and assign_sub update a variable")
     fetch: list[str] | None = Field(None, description="names to return; default: every "
                                     "node's result; [] returns nothing")
     encoding: Encoding = "json"
 
 
 class OpenTape(Strict):
-    persistent: StrictBool = False
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.OPEN_TAPE]})
+
+    persistent: StrictBool = Field(False, description="a tape that is not persistent answers "
+                                   "one gradient, Jacobian, HVP or Hessian")
     watch_accessed_variables: StrictBool = True
 
 
@@ -60,7 +62,7 @@ class TapeCreated(BaseModel):
 
 
 class Watch(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"tensors": ["x"]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.WATCH_X]})
 
     tensors: list[str] = Field(min_length=1)
 
@@ -89,12 +91,16 @@ class SessionInfo(BaseModel):
     session_id: str
     tensors: list[TensorInfo]
     tapes: list[TapeInfo]
-    bytes: int
+    bytes: int = Field(description="everything the session holds, counted against its cap: "
+                       "tensor data and the objects around it, names, tapes and records")
+    tensor_bytes: int = Field(description="tensor data alone")
     ttl_seconds: float
     expires_at: str
 
 
 class TapeQuery(Strict):
+    """The jacobian, batch_jacobian and hessian of a tape (each route has its example)."""
+
     target: str
     sources: list[str] = Field(min_length=1)
     unconnected_gradients: Unconnected = "none"
@@ -102,10 +108,10 @@ class TapeQuery(Strict):
 
 
 class TapeGradient(TapeQuery):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"target": "z", "sources": ["x"]},
-                     {"target": "y", "sources": ["x"], "save_as": {"x": "dy_dx"}}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.GRADIENT]})
 
+    target: Targets = Field(  # type: ignore[assignment]
+        description="a name, or a list of names whose total is differentiated")
     output_gradients: Tensor | dict[str, Tensor] | None = None
     save_as: dict[str, str] | None = Field(None, description="{source: name}: bind results "
                                            "as session tensors (recorded on tapes that are "
@@ -113,7 +119,9 @@ class TapeGradient(TapeQuery):
 
 
 class TapeHvp(TapeQuery):
-    vectors: dict[str, Tensor]
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.HVP]})
+
+    vectors: dict[str, Tensor] = Field(description="{source: tensor shaped like the source}")
 
 
 class Values(BaseModel):
