@@ -23,7 +23,7 @@ from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.interpreter import Aval, TypeCache
 from engine.program import Program
 from engine.tensors import decode
-from engine.transforms import BUILDERS, Query
+from engine.transforms import BUILDERS, HVP_PARTS, Query
 
 inline_limit: ContextVar[int | None] = ContextVar("inline_limit", default=None)
 """When set (by a caller on an event loop), queries that are not already compiled, or whose
@@ -202,7 +202,14 @@ class Engine:
                              for s in names}}
 
     def hvp(self, bound: Bound, target: str, sources: Sequence[str] | None,
-            vectors: Mapping[str, Any], unconnected: str = "none") -> dict[str, Any]:
+            vectors: Mapping[str, Any], unconnected: str = "none",
+            include: Sequence[str] | None = None) -> dict[str, Any]:
+        """Hessian-vector products, with the value and the gradients; `include` names the
+        parts to compute and answer (of "value", "gradients", "hvp"; default all)."""
+        parts = HVP_PARTS if include is None else tuple(p for p in HVP_PARTS if p in include)
+        if not parts:
+            raise InvalidGraph(f"include names none of {', '.join(HVP_PARTS)}",
+                               loc=("include",))
         name = self._scalar_target(bound, target, "hvp")
         names = self._sources(bound, sources)
         missing = [s for s in names if s not in vectors]
@@ -217,13 +224,19 @@ class Engine:
                    for s in names}  # every vector is checked, used or not
         live = self._live_sources(bound, (name,), names)
         vecs = tuple(checked[s] for s in live)
-        query = self._query(bound, "hvp", (name,), live)
-        value, grads, hvp = self._run(bound, query, self._source_values(bound, live), vecs)
-        g, h = dict(zip(live, grads, strict=True)), dict(zip(live, hvp, strict=True))
-        return {"value": value,
-                "gradients": {s: g.get(s, self._missing(bound, s, (), unconnected))
-                              for s in names},
-                "hvp": {s: h.get(s, self._missing(bound, s, (), unconnected)) for s in names}}
+        query = self._query(bound, "hvp", (name,), live,
+                            parts=() if parts == HVP_PARTS else parts)
+        found = dict(zip(parts, self._run(bound, query, self._source_values(bound, live), vecs),
+                         strict=True))
+        answer: dict[str, Any] = {}
+        for part in parts:
+            if part == "value":
+                answer[part] = found[part]
+                continue
+            by_source = dict(zip(live, found[part], strict=True))
+            answer[part] = {s: by_source.get(s, self._missing(bound, s, (), unconnected))
+                            for s in names}
+        return answer
 
     def hessian(self, bound: Bound, target: str, sources: Sequence[str] | None = None,
                 unconnected: str = "none") -> dict[str, Any]:

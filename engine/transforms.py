@@ -36,6 +36,7 @@ class Query:
     intermediates: frozenset[str] = frozenset()
     with_cotangents: bool = False
     mode: str = "rev"
+    parts: tuple[str, ...] = ()  # the results to return, for kinds that have several; (): all
 
 
 def targets_of(program: Program, query: Query) -> Callable[..., tuple[Any, ...]]:
@@ -110,9 +111,13 @@ def _hvp(program: Program, query: Query) -> PureFn:
            vectors: tuple[Any, ...]) -> Any:
         value_and_grad = jax.value_and_grad(lambda s: f(s, inputs, literals))
         (value, grads), (_, hvp) = jax.jvp(value_and_grad, (sources,), (tuple(vectors),))
-        return value, grads, hvp
+        found = {"value": value, "gradients": grads, "hvp": hvp}
+        return tuple(found[p] for p in query.parts or HVP_PARTS)  # XLA drops the rest
 
     return fn
+
+
+HVP_PARTS = ("value", "gradients", "hvp")
 
 
 def _hessian(program: Program, query: Query) -> PureFn:

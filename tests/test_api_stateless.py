@@ -155,6 +155,21 @@ def test_hvp_with_a_non_uniform_vector(client: TestClient) -> None:
     assert body["hvp"] == {"x": f32([[20.0, 20.0], [20.0, 20.0]], [2, 2])}
 
 
+@pytest.mark.parametrize("include", [["hvp"], ["value"], ["gradients", "hvp"],
+                                     ["hvp", "value", "hvp"]])
+def test_hvp_answers_only_the_parts_asked(client: TestClient, include: list[str]) -> None:
+    full = {"value": f32(16.0), "gradients": {"x": EIGHTS}, "hvp": {"x": EIGHTS}}
+    body = ok(client.post("/v1/hvp", json=tut(target="z", sources=["x"], vectors={"x": ONES},
+                                              include=include)))
+    assert body == {part: full[part] for part in include}
+
+
+def test_hvp_include_must_name_parts(client: TestClient) -> None:
+    for include in ([], ["hessian"]):
+        r = client.post("/v1/hvp", json=tut(target="z", vectors={"x": ONES}, include=include))
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"][:2] == ["body", "include"]
+
+
 def test_tutorial_hessian_blocks(client: TestClient) -> None:
     body = ok(client.post("/v1/hessian", json=tut(target="z", sources=["x", "y"])))
     assert body == {

@@ -927,3 +927,21 @@ def test_saved_gradients_can_be_answered_without_data(client: TestClient) -> Non
     grads = s.grad(t, "l", ["w"], save_as={"w": "g"}, encoding="none")
     assert grads == {"w": {"dtype": "float32", "shape": [2]}}
     assert s.get("g")["data"] == [1.0, 1.0]
+
+
+def test_tape_hvp_answers_only_the_parts_asked(client: TestClient) -> None:
+    s = Sess(client)
+    s.put("x", 3.0)
+    tid = s.tape(persistent=True)
+    s.watch(tid, "x")
+    s.run(node("y", "multiply", "x", "x"), node("z", "multiply", "y", "x"))  # x^3
+    r = client.post(f"{s.base}/tapes/{tid}/hvp", json={
+        "target": "z", "sources": ["x"], "vectors": {"x": 2.0}, "include": ["hvp"]})
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"hvp"}
+    exact(r.json()["hvp"]["x"], 6 * 3.0 * 2.0)  # d2(x^3)/dx2 = 6x, times v
+    r = client.post(f"{s.base}/tapes/{tid}/hvp", json={
+        "target": "z", "sources": ["x"], "vectors": {"x": 2.0}, "include": ["value", "gradients"]})
+    assert set(r.json()) == {"value", "gradients"}
+    exact(r.json()["value"], 27.0)
+    exact(r.json()["gradients"]["x"], 27.0)

@@ -351,8 +351,10 @@ class SessionRuntime:
         return {"value": value, "jacobian": jac}
 
     def hvp(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-            vectors: Mapping[str, Any], unconnected: str = "none") -> dict[str, Any]:
+            vectors: Mapping[str, Any], unconnected: str = "none",
+            include: Sequence[str] | None = None) -> dict[str, Any]:
         query = self._prepare(s, tape, target, sources, scalar="hvp")
+        parts = [p for p in ("value", "gradients", "hvp") if include is None or p in include]
         for label in sources:
             if label not in vectors:
                 raise InvalidGraph(f"no vector for source {label!r}: vectors needs one tensor "
@@ -362,16 +364,18 @@ class SessionRuntime:
         value: Any = self._value(s, target)
         if query.live:
             vecs = {name: vectors[label] for label, name in query.live.items()}
-            out = self.engine.hvp(*query.ready, query.live_names, vecs)
-            value = out["value"]
+            out = self.engine.hvp(*query.ready, query.live_names, vecs, include=parts)
+            value = out.get("value", value)
             for label, name in query.live.items():
-                grads[label], hvps[label] = out["gradients"][name], out["hvp"][name]
+                grads[label] = out["gradients"][name] if "gradients" in out else None
+                hvps[label] = out["hvp"][name] if "hvp" in out else None
         self._use(s, tape)
-        return {"value": value,
-                "gradients": {k: v if v is not None else
-                              self._zeros(s, query, k, (), unconnected) for k, v in grads.items()},
-                "hvp": {k: v if v is not None else self._zeros(s, query, k, (), unconnected)
-                        for k, v in hvps.items()}}
+        answer = {"value": value,
+                  "gradients": {k: v if v is not None else self._zeros(s, query, k, (), unconnected)
+                                for k, v in grads.items()},
+                  "hvp": {k: v if v is not None else self._zeros(s, query, k, (), unconnected)
+                          for k, v in hvps.items()}}
+        return {p: answer[p] for p in parts}
 
     def hessian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
                 unconnected: str = "none") -> dict[str, Any]:

@@ -67,7 +67,7 @@ async def jacobian(req: JacobianRequest, svc: ServicesDep, size: BodyBytes) -> A
 async def hvp(req: HvpRequest, svc: ServicesDep, size: BodyBytes) -> Any:
     """Hessian-vector product of a scalar target, forward-over-reverse (no Hessian built)."""
     return await _answer(svc, req, size, lambda b: svc.engine.hvp(
-        b, req.target, req.sources, req.vectors, req.unconnected_gradients))
+        b, req.target, req.sources, req.vectors, req.unconnected_gradients, req.include))
 
 
 @router.post("/hessian", summary="Hessian", response_model=HessianResponse)

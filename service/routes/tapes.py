@@ -150,7 +150,7 @@ async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hvp(
                           s, t, body.target, body.sources, body.vectors,
-                          body.unconnected_gradients))
+                          body.unconnected_gradients, body.include))
 
 
 @router.post("/{tape_id}/hessian", response_model=HessianResponse)

@@ -12,6 +12,11 @@ from service.schemas.graphs import Graph
 from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
+HvpPart = Literal["value", "gradients", "hvp"]
+
+
+def all_hvp_parts() -> list[HvpPart]:
+    return ["value", "gradients", "hvp"]
 Targets = Name | Annotated[list[Name], Field(min_length=1)]
 
 # What `_one_graph` checks, said in JSON Schema: exactly one of the two is there and not null.
@@ -77,6 +82,9 @@ class HvpRequest(GraphRequest):
     sources: list[str] | None = None
     vectors: dict[str, Tensor] = Field(description="{source: tensor shaped like the source}")
     unconnected_gradients: Unconnected = "none"
+    include: list[HvpPart] = Field(
+        default_factory=all_hvp_parts, min_length=1,
+        description="the parts to compute and answer; the others are left out")
 
 
 class HessianRequest(GraphRequest):
@@ -113,9 +121,11 @@ class JacobianResponse(BaseModel):
 
 
 class HvpResponse(BaseModel):
-    value: TensorOut
-    gradients: dict[str, MaybeTensor]
-    hvp: dict[str, MaybeTensor]
+    """The parts asked for with `include` (by default all three)."""
+
+    value: TensorOut | None = None
+    gradients: dict[str, MaybeTensor] | None = None
+    hvp: dict[str, MaybeTensor] | None = None
 
 
 class HessianResponse(BaseModel):

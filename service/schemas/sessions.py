@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.schemas import examples
 from service.schemas.base import Name, Strict
+from service.schemas.differentiation import HvpPart, all_hvp_parts
 from service.schemas.graphs import Node
 from service.schemas.tensors import Encoding, Tensor, TensorOut
 
@@ -122,6 +123,9 @@ class TapeHvp(TapeQuery):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.HVP]})
 
     vectors: dict[str, Tensor] = Field(description="{source: tensor shaped like the source}")
+    include: list[HvpPart] = Field(
+        default_factory=all_hvp_parts, min_length=1,
+        description="the parts to compute and answer; the others are left out")
 
 
 class Values(BaseModel):
