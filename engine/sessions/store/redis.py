@@ -436,24 +436,26 @@ class RedisSessionStore(SessionStore):
                 self._totals.pop(id(session), None)
             return
         local = self._local.setdefault(session_id, asyncio.Lock())
-        async with local:  # this replica's requests on the session queue here, not in Redis
-            token = uuid.uuid4().hex
-            session, version, total = await self._load(session_id, owner, token)
-            before = set(session.values)
-            self._totals[id(session)] = total
-            keeper = asyncio.create_task(self._keep(session_id, token))
-            try:
-                yield session
-            except BaseException:
-                keeper.cancel()
-                await self._release(session_id, token)
-                raise
-            finally:
-                keeper.cancel()
-                self._totals.pop(id(session), None)
-            await self._commit(session, version, before, token)
-        if not local.locked():
-            self._local.pop(session_id, None)
+        try:
+            async with local:  # this replica's requests on a session queue here, not in Redis
+                token = uuid.uuid4().hex
+                session, version, total = await self._load(session_id, owner, token)
+                before = set(session.values)
+                self._totals[id(session)] = total
+                keeper = asyncio.create_task(self._keep(session_id, token))
+                try:
+                    yield session
+                except BaseException:
+                    keeper.cancel()
+                    await self._release(session_id, token)
+                    raise
+                finally:
+                    keeper.cancel()
+                    self._totals.pop(id(session), None)
+                await self._commit(session, version, before, token)
+        finally:
+            if not local.locked():
+                self._local.pop(session_id, None)
 
     async def _keep(self, sid: str, token: str) -> None:
         """Extend the lease while the request runs."""
