@@ -68,18 +68,23 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
-    cells = [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
-    out = [title] if title else []
-    out.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                         for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
-    out.append(line)
-    for r in cells:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-    return "\n".join(out)
+    """A Markdown table, padded so that it reads as plain text too: the first column
+    left-aligned, the others right-aligned; the title, when given, above it."""
+    def cell(x: Any) -> str:
+        return fmt(x).replace("|", "\\|")
+
+    heads = [cell(h) for h in headers]
+    cells = [[cell(c) for c in row] for row in rows]
+    widths = [max(3, len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(heads)]
+
+    def line(items: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(items, widths, strict=True))) + " |"
+
+    rule = "| " + " | ".join("-" * w if i == 0 else "-" * (w - 1) + ":"
+                             for i, w in enumerate(widths)) + " |"
+    out = [title, ""] if title else []
+    return "\n".join([*out, line(heads), rule, *(line(r) for r in cells)])
 
 
 def verdict(ok: bool) -> str:

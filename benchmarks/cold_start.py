@@ -23,6 +23,7 @@ each primitive at this shape); it is reported apart.
 Goals: first call under 25 ms (the default policy); warm calls at jit speed.
 
     python benchmarks/cold_start.py [--graphs 5] [--warm 20]
+    python benchmarks/cold_start.py --smoke    # one graph, two warm calls; writes no results
 """
 
 from __future__ import annotations
@@ -233,7 +234,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graphs", type=int, default=5, help="fresh graphs per configuration")
     parser.add_argument("--warm", type=int, default=20, help="warm calls per graph (median)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one graph per configuration and two warm calls, to check that "
+                        "it works (writes no results)")
     args = parser.parse_args()
+    if args.smoke:
+        args.graphs, args.warm = 1, 2
     env = environment()
     seeds = iter(range(1000, 100000))
 
@@ -306,6 +312,9 @@ def main() -> int:
     print(table(["part of a warm HTTP request (in process)", "median ms"], list(parts.items()),
                 title="Where a warm HTTP call with an inline graph goes, besides the engine"))
 
+    if args.smoke:
+        print("\nsmoke run: no results written")
+        return 0
     path = write_result("cold_start", {
         "config": {"graphs": args.graphs, "warm_calls": args.warm, "nodes": NODES,
                    "size": SIZE, "example_graph": random_graph(1000)},

@@ -17,6 +17,7 @@ interleaved across servers in `--rounds` rounds, and the tables show medians ove
 Goals: gradtape p50 within 1.25x of echo's, throughput at least 0.8x of echo's.
 
     python benchmarks/http_overhead.py [--duration 10] [--rounds 3] [--warmup 2]
+    python benchmarks/http_overhead.py --smoke    # 1 s runs, one round; writes no results
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ from _common import (
     verdict,
     write_result,
 )
-from fastapi import Request  # at module level: FastAPI resolves the annotation from globals
 
 GRAPH: dict[str, Any] = {
     "inputs": {"x": {"dtype": "float32", "shape": [2, 2]}},
@@ -143,6 +143,21 @@ def _per_call_us(fn: Callable[[], Any], n: int, batches: int = 3) -> float:
     return median(per)
 
 
+def _per_call_async_us(runner: Any, call: Callable[[], Awaitable[Any]], n: int,
+                       batches: int = 3) -> float:
+    """As _per_call_us, for a coroutine function awaited n times in one event-loop run."""
+    async def calls() -> None:
+        for _ in range(n):
+            await call()
+
+    per = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        runner.run(calls())
+        per.append((time.perf_counter() - start) / n * 1e6)
+    return median(per)
+
+
 def threadpool_hop_us(runner: Any, n: int) -> float:
     """Microseconds of one `run_in_threadpool` round trip on the event loop."""
     from starlette.concurrency import run_in_threadpool
@@ -159,7 +174,7 @@ def threadpool_hop_us(runner: Any, n: int) -> float:
     return median(per)
 
 
-def inprocess_breakdown(n: int = 200) -> dict[str, Any]:
+def inprocess_breakdown(n: int = 200, profile_calls: int = 1000) -> dict[str, Any]:
     """Time each layer of one tutorial gradient request in this process: the whole ASGI app
     (FastAPI + gradtape's middleware + route) called directly, its parts, and the echo app."""
     import asyncio
@@ -180,13 +195,9 @@ def inprocess_breakdown(n: int = 200) -> dict[str, Any]:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    apps = {"default": create_app(Settings()),
-            "inline=0": create_app(Settings(inline_max_body_bytes=0)),
-            "async deps": create_app(Settings())}
-    # Diagnostic only, in this process: the same app with its two plain-`def` dependencies
-    # (get_services, body_bytes), which FastAPI runs in the thread pool, replaced by `async`
-    # twins. It shows what those thread-pool round trips cost; the service is not changed.
-    apps["async deps"].dependency_overrides.update(_async_dependencies())
+    # log level warning, as the servers below run: no access-log line per request
+    apps = {"default": create_app(Settings(log_level="warning")),
+            "inline=0": create_app(Settings(log_level="warning", inline_max_body_bytes=0))}
     graph = orjson.dumps(GRAPH)
     for app in apps.values():
         status, out = runner.run(_drive(app, "/v1/graphs", graph, 1))
@@ -199,18 +210,20 @@ def inprocess_breakdown(n: int = 200) -> dict[str, Any]:
     hops = {name: _threadpool_hops(runner, app, body) for name, app in apps.items()}
     svc = apps["default"].state.services
     req = GradientRequest.model_validate_json(body)
-    program = svc.program(None, gid)
-    bound = svc.bind(program, req.inputs)
+    program = runner.run(svc.graph(gid)).program
+    bound = svc.engine.bind(program, req.inputs)
 
     direct = jax.jit(jax.value_and_grad(lambda x: jnp.sum(x) * jnp.sum(x)))
     x = np.ones((2, 2), np.float32)
     jax.device_get(direct(x))
 
-    def engine_path() -> bytes:
-        b = svc.bind(svc.program(None, gid), req.inputs)
+    async def engine_path() -> bytes:  # what the route does once the request is parsed
+        registered = await svc.graph(gid)
+        b = svc.engine.bind(registered.program, req.inputs)
         result = svc.engine.gradient(b, req.target, req.sources, req.output_gradients,
                                      req.unconnected_gradients)
-        return orjson.dumps(encode_tree(result, False), option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(encode_tree(result, req.encoding),
+                            option=orjson.OPT_SERIALIZE_NUMPY)
 
     def asgi_us(app: Any, path: str, count: int, method: str = "POST") -> float:
         per = []
@@ -227,15 +240,16 @@ def inprocess_breakdown(n: int = 200) -> dict[str, Any]:
             apps["default"], "/v1/gradient", count)
         rows["gradtape app: whole ASGI call (inline=0)"] = asgi_us(
             apps["inline=0"], "/v1/gradient", count)
-        rows["gradtape app: whole ASGI call (default, async deps; diagnostic)"] = asgi_us(
-            apps["async deps"], "/v1/gradient", count)
         rows["gradtape app: GET /v1/health/live (middleware + routing floor)"] = asgi_us(
             apps["default"], "/v1/health/live", count, "GET")
         rows["  request schema (GradientRequest.model_validate_json)"] = _per_call_us(
             lambda: GradientRequest.model_validate_json(body), count)
-        rows["  engine path (registry + bind + gradient + encode + orjson)"] = _per_call_us(
-            engine_path, count)
-        rows["    Engine.bind"] = _per_call_us(lambda: svc.bind(program, req.inputs), count)
+        rows["  engine path (registry + bind + gradient + encode + orjson)"] = \
+            _per_call_async_us(runner, engine_path, count)
+        rows["    Services.graph (registry lookup)"] = _per_call_async_us(
+            runner, lambda: svc.graph(gid), count)
+        rows["    Engine.bind"] = _per_call_us(lambda: svc.engine.bind(program, req.inputs),
+                                               count)
         rows["    Engine.gradient (bound; compiled call + device_get)"] = _per_call_us(
             lambda: svc.engine.gradient(bound, "z", ["x"]), count)
         rows["  one worker-thread round trip (run_in_threadpool of a no-op)"] = \
@@ -249,26 +263,13 @@ def inprocess_breakdown(n: int = 200) -> dict[str, Any]:
 
     prof = cProfile.Profile()
     prof.enable()
-    runner.run(_drive(apps["default"], "/v1/gradient", body, 1000))
+    runner.run(_drive(apps["default"], "/v1/gradient", body, profile_calls))
     prof.disable()
     runner.close()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(35)
     return {"per_request_us": rows, "threadpool_hops_per_request": hops,
             "cprofile_top_cumulative": buf.getvalue()}
-
-
-def _async_dependencies() -> dict[Any, Any]:
-    from service import deps
-
-    async def get_services(request: Request) -> Any:
-        return request.app.state.services
-
-    async def body_bytes(request: Request) -> int:
-        value = request.headers.get("content-length", "")
-        return int(value) if value.isdigit() else 1 << 62
-
-    return {deps.get_services: get_services, deps.body_bytes: body_bytes}
 
 
 def _threadpool_hops(runner: Any, app: Any, body: bytes, n: int = 50) -> float:
@@ -296,12 +297,17 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of wrk warm-up")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 s wrk runs, one round and a short in-process breakdown, to "
+                        "check that it works (writes no results)")
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.rounds, args.warmup = 1, 1, 1
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     env = environment()
-    breakdown = inprocess_breakdown()
+    breakdown = inprocess_breakdown(20, 50) if args.smoke else inprocess_breakdown()
     print(table(["layer", "us per request"], list(breakdown["per_request_us"].items()),
                 title="In-process breakdown of one tutorial gradient request (no network, "
                 "no uvicorn; median of 3 batches)"))
@@ -403,6 +409,10 @@ def main() -> int:
     print(table(["load", "p50 saved ms", "p50 inline0/default", "req/s default/inline0"],
                 srows, title="What the inline policy saves (default vs inline_max_body_bytes=0)"))
 
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.smoke:
+        print("\nsmoke run: no results written")
+        return 0
     path = write_result("http_overhead", {
         "config": {"duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
                    "loads": [{"threads": t, "connections": c} for t, c in LOADS],
@@ -412,7 +422,6 @@ def main() -> int:
         "inprocess_breakdown": breakdown,
     }, env)
     print(f"\nwrote {path}")
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

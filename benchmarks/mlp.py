@@ -22,6 +22,7 @@ Goals: gradtape gradient within 1.1x of jit(grad); gradtape HVP within 1.7x of t
 gradient.
 
     python benchmarks/mlp.py [--iters 40]
+    python benchmarks/mlp.py --smoke    # one timed call each, seconds; writes no results
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=40, help="timed calls per method")
     parser.add_argument("--batches", type=int, default=8, help="distinct batches cycled")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one timed call per method, to check that it works (seconds; "
+                        "writes no results)")
     args = parser.parse_args()
+    if args.smoke:
+        args.iters, args.batches = 1, 2
     env = environment()
     rng = np.random.default_rng(0)
     weights = init_weights(rng)
@@ -201,6 +207,9 @@ def main() -> int:
                 [[k, v, f"<= {goal}" if goal else "-", verdict(ok) if ok is not None else "-"]
                  for k, (v, goal, ok) in ratios.items()], title="Ratios (of medians)"))
 
+    if args.smoke:
+        print("\nsmoke run: no results written")
+        return 0
     path = write_result("mlp", {
         "config": {"iters": args.iters, "batches": args.batches, "layers": [IN, HIDDEN, HIDDEN,
                    OUT], "batch": BATCH, "activation": "tanh", "graph": mlp_graph()},

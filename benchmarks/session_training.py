@@ -23,6 +23,7 @@ server) runs end to end, `--tutorial-runs` times: the number of requests and the
 each run, and its printed answers are checked against API.md.
 
     python benchmarks/session_training.py [--steps 20] [--warmup 3] [--tutorial-runs 3]
+    python benchmarks/session_training.py --smoke    # 2 steps, 1 tutorial run; no results
 """
 
 from __future__ import annotations
@@ -225,7 +226,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--tutorial-runs", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true",
+                        help="one warm-up and one timed step, one tutorial run, to check that "
+                        "it works; the answers are still checked (writes no results)")
     args = parser.parse_args()
+    attribution_calls = 10
+    if args.smoke:
+        args.steps, args.warmup, args.tutorial_runs = 1, 1, 1
+        attribution_calls = 2
     env = environment()
     rng = np.random.default_rng(0)
     weights = init_weights(rng)
@@ -278,7 +286,7 @@ def main() -> int:
                 [[k, v, f"{100 * v / s:.0f}%"] for k, v in breakdown.items()],
                 title="Where a session step goes (client-side time per request)"))
 
-    parts = attribution(weights, *batches[0])
+    parts = attribution(weights, *batches[0], n=attribution_calls)
     print()
     print(table(["piece of work (in process)", "median ms"], list(parts.items()),
                 title="What the step is made of, timed alone in this process"))
@@ -291,6 +299,10 @@ def main() -> int:
     if not all(t["matches_api_md"] for t in tutorial):
         print("tutorial output:\n" + "\n".join(tutorial[0]["output"]))
 
+    ok = all(t["matches_api_md"] for t in tutorial)
+    if args.smoke:
+        print("\nsmoke run: no results written")
+        return 0 if ok else 1
     path = write_result("session_training", {
         "config": {"steps": args.steps, "warmup": args.warmup, "lr": LR,
                    "shapes": {k: list(v) for k, v in SHAPES.items()},
@@ -306,7 +318,7 @@ def main() -> int:
         "tutorial": tutorial,
     }, env)
     print(f"\nwrote {path}")
-    return 0 if all(t["matches_api_md"] for t in tutorial) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ["admission.py", "compile_budget.py", "event_loop.py", "memory_estimate.py",
-         "scale_out.py"]
+SMOKE = ["admission.py", "cold_start.py", "compile_budget.py", "event_loop.py",
+         "http_overhead.py", "memory_estimate.py", "mlp.py", "scale_out.py",
+         "session_training.py"]
 
 
 @pytest.mark.parametrize("script", SMOKE)
