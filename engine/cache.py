@@ -35,7 +35,7 @@ log = logging.getLogger("gradtape.engine")
 # XLA compile cost per equation, relative to a plain evaluation, by query kind (fitted from
 # benchmarks/compile_budget.py)
 KIND_WEIGHT = {"evaluate": 0.7, "jvp": 0.9, "gradient": 1.0, "jacobian": 1.0, "hvp": 3.5,
-               "hessian": 5.0}
+               "hessian": 5.0, "minimize": 4.0}
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,13 @@ class CompileCache:
         entry = self._lookup(key, build, info)
         if entry.compiled is not None:
             return entry.compiled(*args)
-        if entry.calls > self.jit_after and self._compiler is not None and self.jit_after:
+        if eager and entry.calls > self.jit_after and self._compiler is not None \
+                and self.jit_after:
             with entry.lock:
                 if entry.compiling is None:
                     entry.compiling = self._compiler.submit(
                         lambda: self._compile_into(entry, args))
-        if entry.calls <= self.jit_after or entry.compiling is not None:
+        if eager and (entry.calls <= self.jit_after or entry.compiling is not None):
             with self._lock:
                 self.stats.eager_runs += 1
             return entry.fn(*args)

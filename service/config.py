@@ -68,8 +68,9 @@ class Settings(BaseSettings):
         "floating-point operations")
     max_compile_weight: float = Field(
         1200, gt=0, description="queries heavier than this (equations times a factor per "
-        "kind: evaluate 0.7, jvp 0.9, gradient and jacobian 1, hvp 3.5, hessian 5) are not "
-        "compiled: they run eagerly; 1200 is about 5 s of XLA compile on one idle core "
+        "kind: evaluate 0.7, jvp 0.9, gradient and jacobian 1, hvp 3.5, minimize 4, hessian "
+        "5) are not compiled: they run eagerly (a minimize loop is refused); 1200 is "
+        "about 5 s of XLA compile on one idle core "
         "(see benchmarks/compile_budget.py)")
     compile_cache_dir: str | None = Field(
         None, description="JAX's persistent compilation cache: compiled code kept on disk "

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBLEM_JSON = "application/problem+json"
 METHODS = {"get", "put", "post", "delete", "patch"}
 
-STATELESS = ["/v1/evaluate", "/v1/gradient", "/v1/jacobian", "/v1/hvp", "/v1/hessian", "/v1/jvp"]
+STATELESS = ["/v1/evaluate", "/v1/gradient", "/v1/jacobian", "/v1/hvp", "/v1/hessian", "/v1/jvp",
+             "/v1/minimize"]
 TAPE_QUERIES = ["gradient", "jacobian", "batch_jacobian", "hvp", "hessian"]
 
 WALK: list[tuple[str, str]] = [
