@@ -20,6 +20,7 @@ from engine.sessions.state import (
     Binding,
     Const,
     GradientSpec,
+    Optimizer,
     Record,
     Session,
     SourceSpec,
@@ -100,6 +101,10 @@ def dump_state(s: Session) -> bytes:
         "variables": [[v.handle, v.current, v.trainable] for v in s.variables.values()],
         "tapes": [_tape(t) for t in s.tapes.values()],
         "applied": [[k, *v] for k, v in s.applied.items()],
+        "optimizers": [[o.name, o.method, o.learning_rate, _value(o.options),
+                        list(o.variables), list(o.labels),
+                        [[h, list(t)] for h, t in o.state.items()], o.step]
+                       for o in s.optimizers.values()],
     }
     return orjson.dumps(doc)
 
@@ -119,6 +124,11 @@ def load_state(blob: bytes, values: dict[int, np.ndarray], last_used: float) -> 
     s.variables = {h: Variable(h, c, tr) for h, c, tr in doc["variables"]}
     s.tapes = {d["id"]: _untape(d) for d in doc["tapes"]}
     s.applied = {k: (h, st, body) for k, h, st, body in doc["applied"]}
+    s.optimizers = {
+        name: Optimizer(name, method, lr, _unvalue(options), tuple(variables), tuple(labels),
+                        {h: tuple(t) for h, t in state}, step)
+        for name, method, lr, options, variables, labels, state, step
+        in doc.get("optimizers", [])}
     return s
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import jax.numpy as jnp
 import numpy as np
 
+from engine import optim
 from engine.compute import Bound, Engine, Limits, Offload, inline_limit
 from engine.dtypes import is_float
 from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge, clip
@@ -34,6 +35,7 @@ from engine.sessions.state import (
     Const,
     GradientSpec,
     Handle,
+    Optimizer,
     Record,
     Session,
     SourceSpec,
@@ -208,6 +210,121 @@ class SessionRuntime:
                 tape.records.append(rec)
                 tape.tracked.update(rec.outs)
 
+    # ----- optimisers -----
+
+    def create_optimizer(self, s: Session, name: str, method: Any, learning_rate: Any,
+                         options: Mapping[str, Any] | None = None,
+                         variables: Sequence[str] | None = None) -> Optimizer:
+        """An optimiser of `variables` (default: every trainable variable of the session),
+        with a fresh optax state for each."""
+        if name in s.optimizers:
+            raise Conflict(f"session {s.session_id!r} already has an optimizer "
+                           f"{clip(name)}; delete it first or use another name")
+        opts = optim.check(method, learning_rate, options or {})
+        if variables is None:
+            pairs = [(n, b.variable) for n, b in s.names.items() if b.variable is not None
+                     and s.variables[b.variable].trainable]
+            if not pairs:
+                raise InvalidGraph("the session has no trainable variables to optimize; PUT "
+                                   "some with \"variable\": true, or name them",
+                                   loc=("variables",))
+        else:
+            pairs = []
+            for i, label in enumerate(variables):
+                binding = self._binding(s, label, ("variables", i))
+                if binding.variable is None:
+                    raise InvalidGraph(f"{clip(label)} is a constant; an optimizer updates "
+                                       "variables (PUT it with \"variable\": true)",
+                                       loc=("variables", i))
+                pairs.append((label, binding.variable))
+        handles: list[Handle] = []
+        labels: list[str] = []
+        for i, (label, handle) in enumerate(pairs):
+            if handle in handles:
+                continue  # two names of one variable: one update
+            value = s.values[s.variables[handle].current]
+            if not is_float(value.dtype):
+                raise InvalidGraph(f"variable {clip(label)} is {value.dtype.name}; an optimizer "
+                                   "updates floating-point variables", loc=("variables", i))
+            handles.append(handle)
+            labels.append(label)
+        leaves = {h: self._rule(s, opts, method, learning_rate, h)[0]() for h in handles}
+        self.byte_budget(s, sum(leaf.nbytes + TENSOR_OVERHEAD for ls in leaves.values()
+                                for leaf in ls))
+        opt = Optimizer(name, method, float(learning_rate), opts, tuple(handles), tuple(labels))
+        opt.state = {h: tuple(self._store(s, leaf) for leaf in ls) for h, ls in leaves.items()}
+        s.optimizers[name] = opt
+        self._collect(s)
+        return opt
+
+    def optimizer(self, s: Session, name: str) -> Optimizer:
+        found = s.optimizers.get(name)
+        if found is None:
+            raise NotFound(f"session {s.session_id!r} has no optimizer {clip(name)}; create "
+                           "it with POST .../optimizers")
+        return found
+
+    def describe_optimizer(self, s: Session, opt: Optimizer) -> dict[str, Any]:
+        return {"name": opt.name, "method": opt.method, "learning_rate": opt.learning_rate,
+                "options": dict(opt.options), "variables": list(opt.labels), "step": opt.step}
+
+    def delete_optimizer(self, s: Session, name: str) -> None:
+        self.optimizer(s, name)
+        del s.optimizers[name]
+        self._collect(s)
+
+    def apply_gradients(self, s: Session, name: str, gradients: Mapping[str, Any]
+                        ) -> dict[str, Any]:
+        """One optax update of the variables named in `gradients` (each a session tensor's
+        name or a tensor); the optimiser's other variables keep their values and state."""
+        opt = self.optimizer(s, name)
+        if not gradients:
+            raise InvalidGraph("gradients is empty: give one gradient per variable to update",
+                               loc=("gradients",))
+        updates: dict[Handle, np.ndarray] = {}
+        for label, raw in gradients.items():
+            binding = s.names.get(label)
+            handle = binding.variable if binding is not None else None
+            if handle is None or handle not in opt.state:
+                raise InvalidGraph(f"{clip(label)} is not a variable of optimizer {name!r}; its "
+                                   f"variables: {', '.join(opt.labels)}", loc=("gradients", label))
+            value = s.values[s.variables[handle].current]
+            if isinstance(raw, str):
+                grad = self._value(s, self._name(s, raw, ("gradients", label)))
+            else:
+                grad = decode(raw, ("gradients", label), dtype=value.dtype.name,
+                              max_elements=self.engine.limits.max_elements)
+            if grad.shape != value.shape or not is_float(grad.dtype):
+                raise InvalidGraph(f"the gradient for {clip(label)} is {grad.dtype.name}"
+                                   f"{list(grad.shape)}; the variable is {value.dtype.name}"
+                                   f"{list(value.shape)}", loc=("gradients", label))
+            updates[handle] = grad
+        self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
+                                sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
+                                for h in updates))
+        for handle, grad in updates.items():
+            var = s.variables[handle]
+            update = self._rule(s, opt.options, opt.method, opt.learning_rate, handle)[1]
+            new_value, new_leaves = update(s.values[var.current], grad,
+                                           *(s.values[t] for t in opt.state[handle]))
+            var.current = self._store(s, np.asarray(new_value))
+            s.version_of[var.current] = handle
+            opt.state[handle] = tuple(self._store(s, np.asarray(leaf)) for leaf in new_leaves)
+        opt.step += 1
+        self._collect(s)
+        return {"step": opt.step}
+
+    @staticmethod
+    def _rule(s: Session, options: tuple[tuple[str, Any], ...], method: str,
+              learning_rate: float, handle: Handle) -> Any:
+        value = s.values[s.variables[handle].current]
+        return optim.rule(method, float(learning_rate), options, tuple(value.shape),
+                          value.dtype.name)
+
+    def _name(self, s: Session, name: str, loc: tuple[str | int, ...]) -> str:
+        self._binding(s, name, loc)
+        return name
+
     # ----- tapes -----
 
     def open_tape(self, s: Session, persistent: bool, watch_accessed_variables: bool) -> Tape:
@@ -256,11 +373,22 @@ class SessionRuntime:
     # ----- derivatives -----
 
     def gradient(self, s: Session, tape: Tape, target: str | Sequence[str],
-                 sources: Sequence[str], output_gradients: Any = None,
+                 sources: Sequence[str] | None, output_gradients: Any = None,
                  unconnected: str = "none",
-                 save_as: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 save_as: Mapping[str, str] | None = None, apply: str | None = None,
+                 fetch_gradients: bool = False) -> dict[str, Any]:
         """d target / d sources; a list of targets gets the gradient of their total, as
-        TensorFlow's `tape.gradient` gives it."""
+        TensorFlow's `tape.gradient` gives it. With `apply`, the gradients with respect to
+        that optimiser's variables (the default sources) are applied as one update, and the
+        answer is the optimiser's step (and the gradients, with `fetch_gradients`)."""
+        if apply is not None:
+            opt = self.optimizer(s, apply)
+            if not sources:
+                sources = [self._name_of(s, h, label)
+                           for h, label in zip(opt.variables, opt.labels, strict=True)]
+        if not sources:
+            raise InvalidGraph("sources is empty: name the tensors to differentiate with "
+                               "respect to", loc=("sources",))
         save_as = dict(save_as or {})
         for label in save_as:
             if label not in sources:
@@ -279,7 +407,24 @@ class SessionRuntime:
         if save_as:
             self._save(s, tape, query, grads, save_as, cotangent)
         self._use(s, tape)
-        return {"gradients": grads}
+        if apply is None:
+            return {"gradients": grads}
+        # as TensorFlow's apply_gradients, a variable without a gradient is left as it is
+        answer = self.apply_gradients(s, apply, {k: g for k, g in grads.items()
+                                                 if g is not None})
+        return {**answer, "gradients": grads} if fetch_gradients else answer
+
+    @staticmethod
+    def _name_of(s: Session, handle: Handle, label: str) -> str:
+        """A name the variable has now (the one it was known by, if it still has it)."""
+        found = s.names.get(label)
+        if found is not None and found.variable == handle:
+            return label
+        for name, binding in s.names.items():
+            if binding.variable == handle:
+                return name
+        raise Conflict(f"variable {label!r} of the optimizer has no name in the session any "
+                       "more; name the sources explicitly")
 
     def _gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
                   output_gradients: Any, loc: tuple[str | int, ...]
@@ -549,8 +694,12 @@ class SessionRuntime:
         for h in list(s.variables):
             if h not in handles:
                 del s.variables[h]
+        handles.update(h for o in s.optimizers.values() for h in o.state)
         keep = {b.tensor for b in s.names.values() if b.tensor is not None}
         keep.update(v.current for v in s.variables.values())
+        for opt in s.optimizers.values():
+            for leaves in opt.state.values():
+                keep.update(leaves)
         for tape in s.tapes.values():
             for rec in tape.records:
                 keep.update(a for a in rec.args if isinstance(a, int))

@@ -98,6 +98,22 @@ class Tape:
 
 
 @dataclass
+class Optimizer:
+    """An optimiser of some variables: its rule (method, learning rate, options) and, per
+    variable, the tensors holding its optax state's leaves; `labels` are the variables'
+    names when it was created."""
+
+    name: str
+    method: str
+    learning_rate: float
+    options: tuple[tuple[str, Any], ...]
+    variables: tuple[Handle, ...]
+    labels: tuple[str, ...]
+    state: dict[Handle, tuple[TensorId, ...]] = field(default_factory=dict)
+    step: int = 0
+
+
+@dataclass
 class Binding:
     """What a name means: a tensor, or a variable (whose value changes on assignment)."""
 
@@ -133,6 +149,7 @@ class Session:
     held_bytes: int = 0  # the last `footprint()`, kept up to date under the session's lock
     # Idempotency-Key -> (digest of the request, status, answer) of requests applied lately
     applied: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    optimizers: dict[str, Optimizer] = field(default_factory=dict)
 
     @property
     def expires_at(self) -> float:
@@ -152,11 +169,13 @@ class Session:
                                     watched_tensors=set(t.watched_tensors),
                                     watched_variables=set(t.watched_variables))
                          for i, t in self.tapes.items()},
-                        self.next_id, self.held_bytes, dict(self.applied))
+                        self.next_id, self.held_bytes, dict(self.applied),
+                        {n: replace(o, state=dict(o.state)) for n, o in self.optimizers.items()})
 
     def restore(self, snap: Snapshot) -> None:
         self.values, self.version_of, self.names = snap.values, snap.version_of, snap.names
         self.variables, self.tapes, self.applied = snap.variables, snap.tapes, snap.applied
+        self.optimizers = snap.optimizers
         self.held_bytes = snap.held_bytes  # ids stay unique: next_id never goes back
         self.next_id = max(self.next_id, snap.next_id)
 
@@ -171,6 +190,8 @@ class Session:
                 len(tape.tracked) + len(tape.watched_tensors) + len(tape.watched_variables))
             size += sum(record_bytes(rec) for rec in tape.records)
         size += sum(NAME_OVERHEAD + len(k) + len(v[2]) for k, v in self.applied.items())
+        size += sum(RECORD_OVERHEAD + ARG_OVERHEAD * sum(map(len, o.state.values()))
+                    for o in self.optimizers.values())
         return size
 
     def new_id(self) -> TensorId:
@@ -189,3 +210,4 @@ class Snapshot:
     next_id: int
     held_bytes: int
     applied: dict[str, tuple[str, int, str]]
+    optimizers: dict[str, Optimizer]

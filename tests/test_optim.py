@@ -1,0 +1,159 @@
+"""Optimisers held in a session (engine level): updates against optax run in process on the
+same numbers and against the update formulas, TensorFlow's rule that a variable left out of an
+update keeps its value and its state, tape gradients applied as one update, bad input, and the
+state as plain data (codec round trip, byte accounting)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from engine.compute import Engine
+from engine.errors import Conflict, InvalidGraph, NotFound
+from engine.sessions import codec
+from engine.sessions.runtime import SessionRuntime
+from engine.sessions.state import Session
+from engine.sessions.store import InMemorySessionStore
+
+
+@pytest.fixture
+def rt_s() -> tuple[SessionRuntime, Session]:
+    store = InMemorySessionStore()
+    return SessionRuntime(Engine(), store.check_bytes), asyncio.run(store.create())
+
+
+W0 = np.array([1.0, -2.0, 0.5], np.float32)
+GRADS = [np.array(g, np.float32) for g in ([0.1, -0.3, 2.0], [1.0, 0.5, -0.2], [-0.4, 0.0, 0.3])]
+
+
+def value(rt: SessionRuntime, s: Session, name: str) -> np.ndarray:
+    return np.asarray(rt.get_tensor(s, name))
+
+
+def test_sgd_is_w_minus_lr_g(rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "w", W0.tolist(), variable=True)
+    opt = rt.create_optimizer(s, "sgd", "sgd", 0.1)
+    assert rt.describe_optimizer(s, opt) == {"name": "sgd", "method": "sgd",
+                                             "learning_rate": 0.1, "options": {},
+                                             "variables": ["w"], "step": 0}
+    assert rt.apply_gradients(s, "sgd", {"w": GRADS[0].tolist()}) == {"step": 1}
+    np.testing.assert_allclose(value(rt, s, "w"), W0 - np.float32(0.1) * GRADS[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("sgd", {"momentum": 0.9, "nesterov": True}), ("adam", {"b1": 0.8}), ("adamw", {}),
+    ("rmsprop", {"decay": 0.5}), ("adagrad", {})])
+def test_updates_match_optax_in_process(rt_s: tuple[SessionRuntime, Session], method: str,
+                                        options: dict[str, Any]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "w", W0.tolist(), variable=True)
+    rt.put_tensor(s, "g", 0.0)
+    rt.create_optimizer(s, "o", method, 0.05, options)
+    reference = getattr(optax, method)(learning_rate=0.05, **options)
+    w, state = jnp.asarray(W0), reference.init(jnp.asarray(W0))
+    for i, g in enumerate(GRADS):
+        rt.put_tensor(s, "g", g.tolist())  # by name, a session tensor
+        assert rt.apply_gradients(s, "o", {"w": "g"}) == {"step": i + 1}
+        updates, state = reference.update(jnp.asarray(g), state, w)
+        w = optax.apply_updates(w, updates)
+        np.testing.assert_allclose(value(rt, s, "w"), np.asarray(w), rtol=1e-5, atol=1e-7)
+
+
+def test_a_variable_left_out_keeps_its_value_and_state(
+        rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "a", W0.tolist(), variable=True)
+    rt.put_tensor(s, "b", W0.tolist(), variable=True)
+    rt.create_optimizer(s, "adam", "adam", 0.1)
+    for g in GRADS[:2]:
+        rt.apply_gradients(s, "adam", {"a": g.tolist()})
+    np.testing.assert_array_equal(value(rt, s, "b"), W0)
+    rt.apply_gradients(s, "adam", {"b": GRADS[0].tolist()})
+    # b's first update is the one a fresh Adam makes: its moments were never touched
+    reference = optax.adam(0.1)
+    updates, _ = reference.update(jnp.asarray(GRADS[0]), reference.init(jnp.asarray(W0)))
+    np.testing.assert_allclose(value(rt, s, "b"), np.asarray(W0 + updates), rtol=1e-6)
+
+
+def test_a_tape_gradient_applied_as_one_update(rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "w", W0.tolist(), variable=True)
+    rt.put_tensor(s, "frozen", [1.0], variable=True, trainable=False)
+    rt.create_optimizer(s, "sgd", "sgd", 0.25)
+    assert rt.optimizer(s, "sgd").labels == ("w",)  # trainable variables only
+    for step in range(1, 4):
+        tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+        w = value(rt, s, "w")
+        rt.run(s, [{"id": "d", "op": "subtract", "args": ["w", 3.0]},
+                   {"id": "sq", "op": "multiply", "args": ["d", "d"]},
+                   {"id": "loss", "op": "sum", "args": ["sq"]}], [], 100)
+        answer = rt.gradient(s, tape, "loss", None, apply="sgd", fetch_gradients=True)
+        assert answer["step"] == step
+        np.testing.assert_allclose(answer["gradients"]["w"], 2 * (w - 3), rtol=1e-6)
+        np.testing.assert_allclose(value(rt, s, "w"), w - 0.25 * 2 * (w - 3), rtol=1e-6)
+    # a source that is not one of the optimizer's variables cannot be applied
+    tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+    rt.watch(s, tape, ["frozen"])
+    rt.run(s, [{"id": "f", "op": "sum", "args": ["frozen"]}], [], 100)
+    with pytest.raises(InvalidGraph) as err:
+        rt.gradient(s, tape, "f", ["frozen"], apply="sgd")
+    assert err.value.loc == ("gradients", "frozen") and "not a variable" in err.value.detail
+
+
+def test_bad_input(rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "w", W0.tolist(), variable=True)
+    rt.put_tensor(s, "c", 1.0)
+    rt.put_tensor(s, "i", {"dtype": "int32", "data": [1]}, variable=True)
+    cases: list[tuple[dict[str, Any], tuple[Any, ...], str]] = [
+        ({"method": "newton"}, ("method",), "unknown method"),
+        ({"learning_rate": -1}, ("learning_rate",), "positive"),
+        ({"learning_rate": True}, ("learning_rate",), "positive"),
+        ({"options": {"beta": 0.9}}, ("options", "beta"), "no option 'beta'"),
+        ({"options": {"b1": [0.9]}}, ("options", "b1"), "number"),
+        ({"variables": ["c"]}, ("variables", 0), "constant"),
+        ({"variables": ["w", "i"]}, ("variables", 1), "floating-point"),
+        ({"variables": ["nope"]}, ("variables", 0), "not a tensor"),
+    ]
+    for extra, loc, words in cases:
+        args = {"method": "adam", "learning_rate": 0.1, **extra}
+        with pytest.raises(InvalidGraph) as err:
+            rt.create_optimizer(s, "o", args["method"], args["learning_rate"],
+                                args.get("options"), args.get("variables"))
+        assert err.value.loc == loc and words in err.value.detail, (extra, err.value.detail)
+    rt.create_optimizer(s, "o", "adam", 0.1, variables=["w"])
+    with pytest.raises(Conflict, match="already has an optimizer"):
+        rt.create_optimizer(s, "o", "sgd", 0.1)
+    for grads, loc in [({}, ("gradients",)), ({"c": 1.0}, ("gradients", "c")),
+                       ({"w": [1.0, 2.0]}, ("gradients", "w")),
+                       ({"w": "nope"}, ("gradients", "w"))]:
+        with pytest.raises(InvalidGraph) as err:
+            rt.apply_gradients(s, "o", grads)
+        assert err.value.loc == loc
+    with pytest.raises(NotFound, match="no optimizer"):
+        rt.apply_gradients(s, "other", {"w": [0.0, 0.0, 0.0]})
+    rt.delete_optimizer(s, "o")
+    with pytest.raises(NotFound):
+        rt.delete_optimizer(s, "o")
+
+
+def test_state_is_plain_data_counted_and_kept(rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    rt.put_tensor(s, "w", np.zeros(1000, np.float32).tolist(), variable=True)
+    before = s.held_bytes
+    rt.create_optimizer(s, "adam", "adam", 0.1)
+    assert s.held_bytes - before >= 2 * 4000  # Adam keeps two moments of the variable
+    rt.apply_gradients(s, "adam", {"w": np.ones(1000, np.float32).tolist()})
+    again = codec.load_state(codec.dump_state(s), dict(s.values), s.last_used)
+    assert again.optimizers == s.optimizers
+    rt.apply_gradients(again, "adam", {"w": np.ones(1000, np.float32).tolist()})
+    rt.apply_gradients(s, "adam", {"w": np.ones(1000, np.float32).tolist()})
+    np.testing.assert_array_equal(value(rt, again, "w"), value(rt, s, "w"))
+    rt.delete_optimizer(s, "adam")
+    assert s.held_bytes < before + 1000
