@@ -18,7 +18,16 @@ from service.metrics import MetricsMiddleware
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from service.observability import RequestContextMiddleware
 from service.responses import FastJSONResponse
-from service.routes import differentiation, graphs, health, minimize, ops, sessions, tapes
+from service.routes import (
+    differentiation,
+    graphs,
+    health,
+    minimize,
+    ops,
+    optimizers,
+    sessions,
+    tapes,
+)
 from service.state import Services
 
 DESCRIPTION = """\
@@ -52,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     errors.install(app)
     for router in (health.router, ops.router, graphs.router, differentiation.router,
-                   minimize.router,
+                   minimize.router, optimizers.router,
                    sessions.router, tapes.router):
         app.include_router(router)
     openapi.install(app, settings)

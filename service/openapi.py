@@ -94,6 +94,7 @@ TAPE_QUERY = r"/v1/sessions/\{session_id\}/tapes/\{tape_id\}/(gradient|jacobian|
 SPECIFIC: list[tuple[str, str, set[int]]] = [
     ("post", r"/v1/sessions", {429}),  # the server holds its maximum of sessions
     ("post", TAPE_QUERY, {409}),  # a tape that is not persistent answers once
+    ("post", r"/v1/sessions/\{session_id\}/optimizers", {409}),  # the name is taken
 ]
 """Statuses only some operations answer: (method, path pattern, statuses)."""
 
@@ -104,6 +105,8 @@ CREATES: dict[tuple[str, str], dict[str, str]] = {
         "session_id": "$request.path.session_id", "tape_id": "$response.body#/tape_id"},
     ("put", "/v1/sessions/{session_id}/tensors/{name}"): {
         "session_id": "$request.path.session_id", "name": "$request.path.name"},
+    ("post", "/v1/sessions/{session_id}/optimizers"): {
+        "session_id": "$request.path.session_id", "optimizer": "$response.body#/name"},
 }
 """The operations that create something, and where the ids of what they create come from.
 Each links to every other operation whose path parameters those ids fill."""
@@ -113,6 +116,7 @@ PATH_PARAMETERS = {
     "tape_id": "the `tape_id` that POST /v1/sessions/{session_id}/tapes answered",
     "graph_id": "the `graph_id` that POST /v1/graphs answered",
     "name": "a tensor name",
+    "optimizer": "the `name` of an optimizer POST /v1/sessions/{session_id}/optimizers made",
 }
 
 SECURITY_SCHEMES = {

@@ -224,9 +224,10 @@ class Services:
 
 
 def encode_tree(value: Any, encoding: str) -> Any:
-    """Encode every array in a nest of dicts as a response tensor; None stays null."""
-    if value is None:
-        return None
+    """Encode every array in a nest of dicts as a response tensor; None stays null, and a
+    plain Python number (a count, such as an optimizer's step) stays a number."""
+    if value is None or type(value) in (int, float, bool):
+        return value
     if isinstance(value, dict):
         return {k: encode_tree(v, encoding) for k, v in value.items()}
     return encode(value, encoding=encoding)

@@ -157,3 +157,53 @@ def test_state_is_plain_data_counted_and_kept(rt_s: tuple[SessionRuntime, Sessio
     np.testing.assert_array_equal(value(rt, again, "w"), value(rt, s, "w"))
     rt.delete_optimizer(s, "adam")
     assert s.held_bytes < before + 1000
+
+
+# ----- over HTTP, on each store -----
+
+
+def test_optimizers_over_http(store_settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    with TestClient(create_app(store_settings)) as c:
+        base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
+        c.put(f"{base}/tensors/w", json={"value": W0.tolist(), "variable": True})
+        r = c.post(f"{base}/optimizers", json={"name": "opt", "method": "sgd",
+                                                "learning_rate": 0.25,
+                                                "options": {"momentum": 0.5}})
+        assert r.status_code == 201 and r.json() == {
+            "name": "opt", "method": "sgd", "learning_rate": 0.25,
+            "options": {"momentum": 0.5}, "variables": ["w"], "step": 0}
+        assert c.post(f"{base}/optimizers", json={"name": "opt", "method": "adam",
+                                                   "learning_rate": 0.1}).status_code == 409
+        r = c.post(f"{base}/optimizers", json={"name": "x", "method": "adam",
+                                                "learning_rate": 0.1, "options": {"beta": 1}})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == [
+            "body", "options", "beta"]
+        reference = optax.sgd(0.25, momentum=0.5)
+        w, state = jnp.asarray(W0), reference.init(jnp.asarray(W0))
+        r = c.post(f"{base}/optimizers/opt/apply", json={"gradients": {"w": GRADS[0].tolist()}})
+        assert r.json() == {"step": 1}
+        updates, state = reference.update(jnp.asarray(GRADS[0]), state, w)
+        w = optax.apply_updates(w, updates)
+        # a tape's gradient applied in the same request, sources left out: the variables
+        tid = c.post(f"{base}/tapes", json={}).json()["tape_id"]
+        c.post(f"{base}/run", json={"nodes": [
+            {"id": "d", "op": "subtract", "args": ["w", 3.0]},
+            {"id": "sq", "op": "multiply", "args": ["d", "d"]},
+            {"id": "loss", "op": "sum", "args": ["sq"]}], "fetch": []})
+        r = c.post(f"{base}/tapes/{tid}/gradient", json={"target": "loss", "apply": "opt",
+                                                         "fetch_gradients": True})
+        assert r.status_code == 200, r.text
+        grad = 2 * (np.asarray(w) - 3)
+        np.testing.assert_allclose(r.json()["gradients"]["w"]["data"], grad, rtol=1e-6)
+        assert r.json()["step"] == 2
+        updates, state = reference.update(jnp.asarray(grad, jnp.float32), state, w)
+        w = optax.apply_updates(w, updates)
+        np.testing.assert_allclose(c.get(f"{base}/tensors/w").json()["data"], np.asarray(w),
+                                   rtol=1e-6)
+        assert c.get(f"{base}/optimizers/opt").json()["step"] == 2
+        assert c.delete(f"{base}/optimizers/opt").status_code == 204
+        assert c.get(f"{base}/optimizers/opt").status_code == 404

@@ -120,7 +120,8 @@ async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: Servi
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.gradient(
                           s, t, body.target, body.sources, body.output_gradients,
-                          body.unconnected_gradients, body.save_as))
+                          body.unconnected_gradients, body.save_as, body.apply,
+                          body.fetch_gradients))
 
 
 @router.post("/{tape_id}/jacobian", response_model=JacobianResponse)

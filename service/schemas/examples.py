@@ -57,7 +57,7 @@ STATELESS_HESSIAN = stateless(target="z", sources=["x"])
 JVP = stateless(tangents={"x": X}, outputs=["z"])
 
 SESSION: dict[str, Any] = {"ttl_seconds": 900}
-PUT_X: dict[str, Any] = {"value": X, "variable": False, "trainable": True}
+PUT_X: dict[str, Any] = {"value": X, "variable": True, "trainable": True}
 OPEN_TAPE: dict[str, Any] = {"persistent": True, "watch_accessed_variables": True}
 WATCH_X: dict[str, Any] = {"tensors": ["x"]}
 RUN: dict[str, Any] = {"nodes": TUTORIAL_GRAPH["nodes"]}
@@ -66,6 +66,9 @@ JACOBIAN: dict[str, Any] = {"target": "y", "sources": ["x"]}
 BATCH_JACOBIAN: dict[str, Any] = {"target": "x", "sources": ["x"]}
 HVP: dict[str, Any] = {"target": "z", "sources": ["x"], "vectors": {"x": X}}
 HESSIAN: dict[str, Any] = {"target": "z", "sources": ["x"]}
+CREATE_OPTIMIZER: dict[str, Any] = {"name": "sgd", "method": "sgd", "learning_rate": 0.5,
+                                    "variables": ["x"]}
+APPLY: dict[str, Any] = {"gradients": {"x": X}}
 
 REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/graphs"): TUTORIAL_GRAPH,
@@ -85,10 +88,12 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/batch_jacobian"): BATCH_JACOBIAN,
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/hvp"): HVP,
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/hessian"): HESSIAN,
+    ("post", "/v1/sessions/{session_id}/optimizers"): CREATE_OPTIMIZER,
+    ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"): APPLY,
 }
 """The request body of each operation in the tutorial, keyed by (method, path)."""
 
-PATH_PARAMETERS = {"name": "x", "graph_id": TUTORIAL_GRAPH_ID}
+PATH_PARAMETERS = {"name": "x", "graph_id": TUTORIAL_GRAPH_ID, "optimizer": "sgd"}
 """Path parameters the tutorial names; session and tape ids come from earlier answers."""
 
 # ----- answers
@@ -108,9 +113,9 @@ USED = {"used": True}
 TAPE_AFTER_QUERIES = tape_info(STOPPED, USED)
 
 
-def tensor_info(name: str, shape: list[int]) -> dict[str, Any]:
-    return {"name": name, "dtype": "float32", "shape": shape, "variable": False,
-            "trainable": False}
+def tensor_info(name: str, shape: list[int], variable: bool = False) -> dict[str, Any]:
+    return {"name": name, "dtype": "float32", "shape": shape, "variable": variable,
+            "trainable": variable}
 
 
 VALUE_GRADIENT = {"value": Z, "gradients": {"x": EIGHTS}}
@@ -136,6 +141,9 @@ INFO = {
     "compile_cache": {"capacity": 512, "entries": 3, "hits": 12, "misses": 3, "compiles": 3},
     "registered_graphs": 1, "api_keys_required": False}
 
+OPTIMIZER = {"name": "sgd", "method": "sgd", "learning_rate": 0.5, "options": {},
+             "variables": ["x"], "step": 0}
+
 RESPONSES: dict[tuple[str, str], Any] = {
     ("get", "/v1/health/live"): {"status": "ok"},
     ("get", "/v1/health/ready"): {"status": "ok"},
@@ -154,7 +162,7 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("post", "/v1/jvp"): {"values": {"z": Z}, "tangents": {"z": f32(32.0, [])}},
     ("post", "/v1/sessions"): {"session_id": SESSION_ID, "expires_at": EXPIRES_AT,
                                "ttl_seconds": 900.0},
-    ("put", "/v1/sessions/{session_id}/tensors/{name}"): tensor_info("x", [2, 2]),
+    ("put", "/v1/sessions/{session_id}/tensors/{name}"): tensor_info("x", [2, 2], True),
     ("post", "/v1/sessions/{session_id}/tapes"): {"tape_id": TAPE_ID},
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/watch"): tape_info(),
     ("post", "/v1/sessions/{session_id}/run"): {"values": {"y": Y, "z": Z}},
@@ -171,13 +179,17 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("get", "/v1/sessions/{session_id}/tapes/{tape_id}"): TAPE_AFTER_QUERIES,
     ("get", "/v1/sessions/{session_id}"): {
         "session_id": SESSION_ID,
-        "tensors": [tensor_info("x", [2, 2]), tensor_info("y", []), tensor_info("z", [])],
+        "tensors": [tensor_info("x", [2, 2], True), tensor_info("y", []),
+                    tensor_info("z", [])],
         "tapes": [TAPE_AFTER_QUERIES], "bytes": 2339, "tensor_bytes": 24,
         "ttl_seconds": 900.0, "expires_at": EXPIRES_AT},
     ("get", "/v1/sessions/{session_id}/tensors/{name}"): ONES,
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/pause"): tape_info(
         STOPPED, USED, {"paused": True}),
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/resume"): TAPE_AFTER_QUERIES,
+    ("post", "/v1/sessions/{session_id}/optimizers"): OPTIMIZER,
+    ("get", "/v1/sessions/{session_id}/optimizers/{optimizer}"): OPTIMIZER,
+    ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"): {"step": 1},
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/reset"): tape_info(
         STOPPED, {"watched": [], "ops_recorded": 0}),
 }
@@ -202,6 +214,10 @@ SESSION_WALK: list[tuple[str, str]] = [
     ("get", "/v1/sessions/{session_id}/tapes/{tape_id}"),
     ("get", "/v1/sessions/{session_id}"),
     ("get", "/v1/sessions/{session_id}/tensors/{name}"),
+    ("post", "/v1/sessions/{session_id}/optimizers"),
+    ("get", "/v1/sessions/{session_id}/optimizers/{optimizer}"),
+    ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"),
+    ("delete", "/v1/sessions/{session_id}/optimizers/{optimizer}"),
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/pause"),
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/resume"),
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/reset"),

@@ -113,10 +113,17 @@ class TapeGradient(TapeQuery):
 
     target: Targets = Field(  # type: ignore[assignment]
         description="a name, or a list of names whose total is differentiated")
+    sources: list[Name] | None = Field(  # type: ignore[assignment]
+        None, min_length=1, description="names to differentiate with respect to; may be left "
+        "out with apply (the optimizer's variables)")
     output_gradients: Tensor | dict[str, Tensor] | None = None
     save_as: dict[str, str] | None = Field(None, description="{source: name}: bind results "
                                            "as session tensors (recorded on tapes that are "
                                            "recording, for higher-order gradients)")
+    apply: Name | None = Field(None, description="an optimizer of the session: the gradients "
+                               "are applied as one update, and the answer is its step")
+    fetch_gradients: StrictBool = Field(False, description="with apply, answer the gradients "
+                                        "too")
 
 
 class TapeHvp(TapeQuery):
@@ -133,6 +140,9 @@ class Values(BaseModel):
 
 
 class Gradients(BaseModel):
-    gradients: dict[str, TensorOut | None]
+    """The gradients; with apply, the optimizer's step (and the gradients when fetched)."""
+
+    gradients: dict[str, TensorOut | None] | None = None
+    step: int | None = None
 
 
