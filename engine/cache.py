@@ -35,7 +35,7 @@ log = logging.getLogger("gradtape.engine")
 # XLA compile cost per equation, relative to a plain evaluation, by query kind (fitted from
 # benchmarks/compile_budget.py)
 KIND_WEIGHT = {"evaluate": 0.7, "jvp": 0.9, "gradient": 1.0, "jacobian": 1.0, "hvp": 3.5,
-               "hessian": 5.0, "minimize": 4.0}
+               "hessian": 5.0, "minimize": 4.0, "step": 1.5}
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     errors.install(app)
     for router in (health.router, ops.router, graphs.router, differentiation.router,
-                   minimize.router, optimizers.router,
+                   minimize.router, optimizers.router, optimizers.steps,
                    sessions.router, tapes.router):
         app.include_router(router)
     openapi.install(app, settings)

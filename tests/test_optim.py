@@ -207,3 +207,116 @@ def test_optimizers_over_http(store_settings: Any) -> None:
         assert c.get(f"{base}/optimizers/opt").json()["step"] == 2
         assert c.delete(f"{base}/optimizers/opt").status_code == 204
         assert c.get(f"{base}/optimizers/opt").status_code == 404
+
+
+# ----- POST .../step -----
+
+LINEAR = [{"id": "p", "op": "matmul", "args": ["X", "W"]},
+          {"id": "r", "op": "subtract", "args": ["p", "Y"]},
+          {"id": "sq", "op": "multiply", "args": ["r", "r"]},
+          {"id": "loss", "op": "mean", "args": ["sq"]}]
+
+
+def _data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)
+
+
+def _reference(method: str, lr: float, w0: np.ndarray, batches: list[Any]) -> tuple[Any, Any]:
+    import jax
+
+    opt = getattr(optax, method)(lr)
+    w, state = jnp.asarray(w0), opt.init(jnp.asarray(w0))
+    losses = []
+    for X, Y in batches:
+        loss, g = jax.value_and_grad(lambda w, X=X, Y=Y: jnp.mean((X @ w - Y) ** 2))(w)
+        updates, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        losses.append(float(loss))
+    return np.asarray(w), losses
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_a_step_matches_the_same_step_in_process(store_settings: Any, method: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    w0 = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
+    batches = [_data(i) for i in range(3)]
+    expected_w, expected_losses = _reference(method, 0.1, w0, batches)
+    with TestClient(create_app(store_settings)) as c:
+        base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
+        c.put(f"{base}/tensors/W", json={"value": w0.tolist(), "variable": True})
+        c.post(f"{base}/optimizers", json={"name": "o", "method": method,
+                                            "learning_rate": 0.1})
+        tid = c.post(f"{base}/tapes", json={}).json()["tape_id"]  # the client's own tape
+        for i, (X, Y) in enumerate(batches):
+            r = c.post(f"{base}/step", json={"nodes": LINEAR, "target": "loss",
+                                              "optimizer": "o", "fetch": ["loss"],
+                                              "inputs": {"X": X.tolist(), "Y": Y.tolist()}})
+            assert r.status_code == 200, r.text
+            assert r.json()["step"] == i + 1 and "losses" not in r.json()
+            assert r.json()["values"]["loss"]["data"] == pytest.approx(expected_losses[i],
+                                                                        rel=1e-5)
+        np.testing.assert_allclose(c.get(f"{base}/tensors/W").json()["data"], expected_w,
+                                   rtol=1e-5, atol=1e-6)
+        names = {t["name"] for t in c.get(base).json()["tensors"]}
+        assert names == {"W", "X", "Y"}  # the batch stays bound, node results do not
+        assert c.get(f"{base}/tapes/{tid}").json()["ops_recorded"] == 0
+
+
+def test_repeat_runs_the_steps_in_one_request(rt_s: tuple[SessionRuntime, Session]) -> None:
+    from engine.sessions.training import train_step
+
+    rt, s = rt_s
+    w0 = np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32)
+    X, Y = _data(7)
+    expected_w, expected_losses = _reference("sgd", 0.05, w0, [(X, Y)] * 5)
+    rt.put_tensor(s, "W", w0.tolist(), variable=True)
+    rt.create_optimizer(s, "o", "sgd", 0.05)
+    answer = train_step(rt, s, LINEAR, {"X": X.tolist(), "Y": Y.tolist()}, "loss", "o",
+                        ["p"], 5, 100)
+    assert answer["step"] == 5
+    np.testing.assert_allclose(answer["losses"], expected_losses, rtol=1e-5)
+    np.testing.assert_allclose(value(rt, s, "W"), expected_w, rtol=1e-5, atol=1e-6)
+    # the fetched values are those of the last forward pass, before its update
+    w4, _ = _reference("sgd", 0.05, w0, [(X, Y)] * 4)
+    np.testing.assert_allclose(answer["values"]["p"], X @ w4, rtol=1e-5, atol=1e-6)
+
+
+def test_step_errors(store_settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    settings = store_settings.model_copy(update={"max_compile_weight": 1})
+    with TestClient(create_app(settings)) as c:
+        base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
+        c.put(f"{base}/tensors/W", json={"value": [[1.0]], "variable": True})
+        c.put(f"{base}/tensors/c", json={"value": [[2.0]]})
+        c.post(f"{base}/optimizers", json={"name": "o", "method": "sgd", "learning_rate": 0.1})
+        good = [{"id": "p", "op": "multiply", "args": ["W", "c"]},
+                {"id": "loss", "op": "sum", "args": ["p"]}]
+        cases = [
+            ({"nodes": [*good, {"id": "W", "op": "assign", "args": ["W", 1.0]}]},
+             ["body", "nodes", 2, "op"], "assign ops are not allowed"),
+            ({"target": "nope"}, ["body", "target"], "not a node of this step"),
+            ({"target": "p"}, ["body", "target"], "scalar"),
+            ({"fetch": ["c"]}, ["body", "fetch", 0], "not kept"),
+            ({"nodes": [{"id": "loss", "op": "sum", "args": ["c"]}]}, ["body", "target"],
+             "does not depend on any variable"),
+        ]
+        for change, loc, words in cases:
+            body = {"nodes": good, "target": "loss", "optimizer": "o", **change}
+            r = c.post(f"{base}/step", json=body)
+            assert r.status_code == 422, (change, r.text)
+            assert r.json()["errors"][0]["loc"] == loc and words in r.json()["detail"], r.text
+        r = c.post(f"{base}/step", json={"nodes": good, "target": "loss", "optimizer": "x"})
+        assert r.status_code == 404
+        r = c.post(f"{base}/step", json={"nodes": good, "target": "loss", "optimizer": "o",
+                                          "repeat": 0})
+        assert r.status_code == 422
+        r = c.post(f"{base}/step", json={"nodes": good, "target": "loss", "optimizer": "o"})
+        assert r.status_code == 413 and "GRADTAPE_MAX_COMPILE_WEIGHT" in r.json()["detail"]
+        assert c.get(f"{base}/tensors/W").json()["data"] == [[1.0]]  # nothing was applied

@@ -7,9 +7,18 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from engine.sessions.state import Session
+from engine.sessions.training import train_step
 from service.deps import BodyBytes, IdempotencyDep, ServicesDep
 from service.responses import FastJSONResponse, FastRoute
-from service.schemas.optimizers import ApplyGradients, CreateOptimizer, OptimizerInfo, Step
+from service.schemas.optimizers import (
+    ApplyGradients,
+    CreateOptimizer,
+    OptimizerInfo,
+    Step,
+    StepAnswer,
+    StepRequest,
+)
+from service.state import encode_tree
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/optimizers", tags=["optimizers"],
                    route_class=FastRoute, dependencies=[IdempotencyDep])
@@ -48,3 +57,22 @@ async def apply(session_id: str, optimizer: str, body: ApplyGradients, svc: Serv
     return await svc.in_session(session_id, lambda s: FastJSONResponse(
         svc.runtime.apply_gradients(s, optimizer, body.gradients)), body_bytes=size,
         compute=True)
+
+
+steps = APIRouter(prefix="/v1/sessions/{session_id}", tags=["optimizers"],
+                  route_class=FastRoute, dependencies=[IdempotencyDep])
+
+
+@steps.post("/step", response_model=StepAnswer)
+async def step(session_id: str, body: StepRequest, svc: ServicesDep, size: BodyBytes) -> Any:
+    """A training step in one request: forward, gradient and the optimizer's update, compiled
+    as one function; the weights never leave the server."""
+    nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
+
+    def work(s: Session) -> FastJSONResponse:
+        answer = train_step(svc.runtime, s, nodes, body.inputs, body.target, body.optimizer,
+                            body.fetch, body.repeat, svc.settings.max_nodes)
+        return FastJSONResponse({**answer, "values": encode_tree(answer["values"],
+                                                                  body.encoding)})
+
+    return await svc.in_session(session_id, work, body_bytes=size, compute=True)

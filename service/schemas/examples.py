@@ -69,6 +69,9 @@ HESSIAN: dict[str, Any] = {"target": "z", "sources": ["x"]}
 CREATE_OPTIMIZER: dict[str, Any] = {"name": "sgd", "method": "sgd", "learning_rate": 0.5,
                                     "variables": ["x"]}
 APPLY: dict[str, Any] = {"gradients": {"x": X}}
+STEP: dict[str, Any] = {"nodes": [{"id": "s", "op": "reduce_sum", "args": ["x"]},
+                                  {"id": "loss", "op": "multiply", "args": ["s", "s"]}],
+                        "target": "loss", "optimizer": "sgd", "fetch": ["loss"]}
 
 REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/graphs"): TUTORIAL_GRAPH,
@@ -90,6 +93,7 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/hessian"): HESSIAN,
     ("post", "/v1/sessions/{session_id}/optimizers"): CREATE_OPTIMIZER,
     ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"): APPLY,
+    ("post", "/v1/sessions/{session_id}/step"): STEP,
 }
 """The request body of each operation in the tutorial, keyed by (method, path)."""
 
@@ -189,7 +193,8 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/resume"): TAPE_AFTER_QUERIES,
     ("post", "/v1/sessions/{session_id}/optimizers"): OPTIMIZER,
     ("get", "/v1/sessions/{session_id}/optimizers/{optimizer}"): OPTIMIZER,
-    ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"): {"step": 1},
+    ("post", "/v1/sessions/{session_id}/step"): {"values": {"loss": Z}, "step": 1},
+    ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"): {"step": 2},
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/reset"): tape_info(
         STOPPED, {"watched": [], "ops_recorded": 0}),
 }
@@ -216,6 +221,7 @@ SESSION_WALK: list[tuple[str, str]] = [
     ("get", "/v1/sessions/{session_id}/tensors/{name}"),
     ("post", "/v1/sessions/{session_id}/optimizers"),
     ("get", "/v1/sessions/{session_id}/optimizers/{optimizer}"),
+    ("post", "/v1/sessions/{session_id}/step"),
     ("post", "/v1/sessions/{session_id}/optimizers/{optimizer}/apply"),
     ("delete", "/v1/sessions/{session_id}/optimizers/{optimizer}"),
     ("post", "/v1/sessions/{session_id}/tapes/{tape_id}/pause"),

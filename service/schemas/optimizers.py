@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas import examples
 from service.schemas.base import Name, Strict
-from service.schemas.tensors import Tensor, TensorOut
+from service.schemas.graphs import Node
+from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Method = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 
@@ -42,6 +43,30 @@ class ApplyGradients(Strict):
     gradients: dict[str, Name | Tensor] = Field(
         min_length=1, description="{variable: the name of a session tensor, or a tensor}; "
         "the optimiser's other variables keep their values and their state")
+
+
+class StepRequest(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.STEP]})
+
+    nodes: list[Node] = Field(min_length=1, description="the forward pass, run as a session "
+                              "run is; assign ops are not allowed")
+    inputs: dict[str, Tensor] = Field(default_factory=dict, description="{name: tensor}: "
+                                      "bound as session constants first (they stay bound)")
+    target: Name = Field(description="the scalar loss: a node of this step")
+    optimizer: Name = Field(description="an optimizer of the session: its variables are "
+                            "updated")
+    fetch: list[Name] | None = Field(None, description="nodes whose values (of the last "
+                                     "forward pass, before its update) to answer")
+    repeat: int = Field(1, ge=1, le=10_000, description="steps on the same inputs, in one "
+                        "compiled loop")
+    encoding: Encoding = "json"
+
+
+class StepAnswer(BaseModel):
+    values: dict[str, TensorOut]
+    step: int
+    losses: list[float] | None = Field(None, description="the loss of each step, when "
+                                       "repeat > 1")
 
 
 class Step(BaseModel):
