@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["admission.py", "cold_start.py", "compile_budget.py", "event_loop.py",
          "http_overhead.py", "memory_estimate.py", "minimize.py", "mlp.py", "scale_out.py",
-         "session_training.py"]
+         "session_training.py", "training_step.py"]
 
 
 @pytest.mark.parametrize("script", SMOKE)
