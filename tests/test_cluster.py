@@ -164,7 +164,7 @@ def test_a_replica_killed_mid_request_leaves_the_session_as_it_was(
         base = f"/v1/sessions/{sid}"
         c.put(f"{base}/tensors/x", json={"value": 0.001, "variable": True})
         slow = {"nodes": [
-            {"id": "big", "op": "broadcast_to", "args": ["x"], "attrs": {"shape": [1500, 1500]}},
+            {"id": "big", "op": "broadcast_to", "args": ["x"], "attrs": {"shape": [3000, 3000]}},
             {"id": "m", "op": "matmul", "args": ["big", "big"]},
             {"id": "m2", "op": "matmul", "args": ["m", "big"]},
             {"id": "m3", "op": "matmul", "args": ["m2", "big"]},
@@ -180,6 +180,7 @@ def test_a_replica_killed_mid_request_leaves_the_session_as_it_was(
         worker.start()
         started.wait()
         time.sleep(0.5)  # replica a holds the session's lease and computes
+        assert worker.is_alive(), "the request finished before the kill: make it longer"
         a.send(signal.SIGKILL)
         worker.join()
         a.stop()

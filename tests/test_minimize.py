@@ -26,7 +26,6 @@ from engine.graph import parse_graph
 from engine.minimize import MAX_ITERATIONS, minimize
 from service.config import Settings
 from service.main import create_app
-from service.routes.minimize import router
 from service.schemas.minimize import EXAMPLE_REQUEST, EXAMPLE_RESPONSE
 
 # ----- graphs
@@ -96,11 +95,8 @@ def data(tensor: dict[str, Any]) -> np.ndarray:
 
 
 def with_minimize(settings: Settings) -> FastAPI:
-    """The app, with the minimize routes whether or not the app registers them itself."""
-    app = create_app(settings)
-    if not any(getattr(route, "path", None) == "/v1/minimize" for route in app.routes):
-        app.include_router(router)
-    return app
+    """The app (which registers the minimize routes)."""
+    return create_app(settings)
 
 
 @pytest.fixture(scope="module")

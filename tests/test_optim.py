@@ -313,7 +313,10 @@ def test_step_errors(store_settings: Any) -> None:
             assert r.status_code == 422, (change, r.text)
             assert r.json()["errors"][0]["loc"] == loc and words in r.json()["detail"], r.text
         r = c.post(f"{base}/step", json={"nodes": good, "target": "loss", "optimizer": "x"})
-        assert r.status_code == 404
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "optimizer"]
+        tid = c.post(f"{base}/tapes", json={}).json()["tape_id"]
+        r = c.post(f"{base}/tapes/{tid}/gradient", json={"target": "c", "apply": "x"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "apply"]
         r = c.post(f"{base}/step", json={"nodes": good, "target": "loss", "optimizer": "o",
                                           "repeat": 0})
         assert r.status_code == 422

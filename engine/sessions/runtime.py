@@ -264,6 +264,14 @@ class SessionRuntime:
                            "it with POST .../optimizers")
         return found
 
+    def optimizer_named(self, s: Session, name: str, loc: tuple[str, ...]) -> Optimizer:
+        """The optimizer a request body names: unknown, it is a 422 at that field (the
+        URL named something that exists)."""
+        try:
+            return self.optimizer(s, name)
+        except NotFound as exc:
+            raise InvalidGraph(exc.detail, loc=loc) from None
+
     def describe_optimizer(self, s: Session, opt: Optimizer) -> dict[str, Any]:
         return {"name": opt.name, "method": opt.method, "learning_rate": opt.learning_rate,
                 "options": dict(opt.options), "variables": list(opt.labels), "step": opt.step}
@@ -382,7 +390,7 @@ class SessionRuntime:
         that optimiser's variables (the default sources) are applied as one update, and the
         answer is the optimiser's step (and the gradients, with `fetch_gradients`)."""
         if apply is not None:
-            opt = self.optimizer(s, apply)
+            opt = self.optimizer_named(s, apply, ("apply",))
             if not sources:
                 sources = [self._name_of(s, h, label)
                            for h, label in zip(opt.variables, opt.labels, strict=True)]

@@ -38,7 +38,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
 
     if inputs and inline_limit.get() is not None:
         raise Offload  # a batch to decode: a worker thread, before anything changes
-    opt = rt.optimizer(s, optimizer)
+    opt = rt.optimizer_named(s, optimizer, ("optimizer",))
     if not 1 <= repeat <= MAX_REPEAT:
         raise InvalidGraph(f"repeat must be between 1 and {MAX_REPEAT}", loc=("repeat",))
     if not nodes:
