@@ -237,3 +237,26 @@ def echo_server() -> Iterator[Server]:
     port = free_port()
     with Server("echo", echo_command(port), port, "/docs") as server:
         yield server
+
+
+# ----- memory of a process -----
+
+def reset_peak() -> bool:
+    """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0), so that a later
+    `ru_maxrss` shows the peak of what follows, not of what came before."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def proc_status_kib(pid: int | str, field: str) -> int | None:
+    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), or None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None

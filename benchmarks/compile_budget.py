@@ -58,7 +58,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, environment, fmt, median, write_result
+from _common import ROOT, environment, fmt, median, proc_status_kib, reset_peak, write_result
 
 KINDS = ("evaluate", "jvp", "gradient", "jacobian", "hvp", "hessian")
 DEFAULT_KINDS = ("gradient", "jacobian", "hvp", "hessian")
@@ -297,27 +297,6 @@ def peak_kib() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0), so that a later
-    `ru_maxrss` shows the peak of what follows, not of what came before."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def proc_status_kib(pid: int | str, field: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), or None once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 # ----- the parent: one process per (kind, N), watched -----

@@ -60,6 +60,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # also when loaded from a file path (tests/test_cost.py)
+    sys.path.insert(0, str(HERE))
+
+from _common import proc_status_kib, reset_peak  # noqa: E402
+
 MODES = ("eager", "compiled")
 KINDS = ("evaluate", "gradient", "jacobian", "hvp", "hessian", "jvp")
 MIB = 1024**2
@@ -235,26 +240,6 @@ def smoke_cases() -> list[Case]:
 
 LIMITS = {"max_request_bytes": 2**62, "max_request_flops": 1e30,
           "max_response_bytes": 2**62, "max_elements": 10**9}
-
-
-def proc_status_kib(pid: int | str, field: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), or None once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def peak_kib() -> int:
