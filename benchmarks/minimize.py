@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # also when loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, ms, table
 from scipy.optimize import minimize as scipy_minimize
 
@@ -44,9 +49,9 @@ from engine.minimize import minimize
 TOLERANCE = 1e-6
 
 
-def rosenbrock_graph(n: int) -> dict[str, Any]:
+def rosenbrock_graph(n: int, dtype: str = "float64") -> dict[str, Any]:
     return {
-        "inputs": {"x": {"dtype": "float64", "shape": [n]}},
+        "inputs": {"x": {"dtype": dtype, "shape": [n]}},
         "nodes": [
             {"id": "a", "op": "slice", "args": ["x"], "attrs": {"begin": [0], "size": [n - 1]}},
             {"id": "b", "op": "slice", "args": ["x"], "attrs": {"begin": [1], "size": [n - 1]}},

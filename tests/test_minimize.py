@@ -9,7 +9,9 @@ or the work limit a 413), and registered graphs.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,40 +33,20 @@ from service.schemas.minimize import EXAMPLE_REQUEST, EXAMPLE_RESPONSE
 # ----- graphs
 
 
-def rosenbrock(n: int, dtype: str = "float64") -> dict[str, Any]:
-    """sum(100 (x[i+1] - x[i]^2)^2 + (1 - x[i])^2), least at x = ones."""
-    return {
-        "inputs": {"x": {"dtype": dtype, "shape": [n]}},
-        "nodes": [
-            {"id": "a", "op": "slice", "args": ["x"], "attrs": {"begin": [0], "size": [n - 1]}},
-            {"id": "b", "op": "slice", "args": ["x"], "attrs": {"begin": [1], "size": [n - 1]}},
-            {"id": "a2", "op": "square", "args": ["a"]},
-            {"id": "d", "op": "subtract", "args": ["b", "a2"]},
-            {"id": "d2", "op": "square", "args": ["d"]},
-            {"id": "t1", "op": "multiply", "args": [100.0, "d2"]},
-            {"id": "e", "op": "subtract", "args": [1.0, "a"]},
-            {"id": "t2", "op": "square", "args": ["e"]},
-            {"id": "s", "op": "add", "args": ["t1", "t2"]},
-            {"id": "f", "op": "sum", "args": ["s"]},
-        ],
-        "outputs": ["f"],
-    }
+def _load_benchmark() -> Any:
+    """The graph builders of benchmarks/minimize.py: the tests and the benchmark solve the
+    same problems."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "minimize.py"
+    spec = importlib.util.spec_from_file_location("minimize_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def least_squares(m: int, n: int) -> dict[str, Any]:
-    """||A x - b||^2 over x, with A and b inputs."""
-    return {
-        "inputs": {"A": {"dtype": "float64", "shape": [m, n]},
-                   "x": {"dtype": "float64", "shape": [n]},
-                   "b": {"dtype": "float64", "shape": [m]}},
-        "nodes": [
-            {"id": "Ax", "op": "matmul", "args": ["A", "x"]},
-            {"id": "r", "op": "subtract", "args": ["Ax", "b"]},
-            {"id": "r2", "op": "square", "args": ["r"]},
-            {"id": "f", "op": "sum", "args": ["r2"]},
-        ],
-        "outputs": ["f"],
-    }
+_BENCHMARK = _load_benchmark()
+rosenbrock = _BENCHMARK.rosenbrock_graph  # sum 100 (x[i+1] - x[i]^2)^2 + (1 - x[i])^2
+least_squares = _BENCHMARK.least_squares_graph  # ||A x - b||^2 over x
 
 
 QUADRATIC: dict[str, Any] = {
