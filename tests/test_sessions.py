@@ -945,3 +945,42 @@ def test_tape_hvp_answers_only_the_parts_asked(client: TestClient) -> None:
     assert set(r.json()) == {"value", "gradients"}
     exact(r.json()["value"], 27.0)
     exact(r.json()["gradients"]["x"], 27.0)
+
+
+def test_run_binds_inputs_and_watches_in_one_request(client: TestClient) -> None:
+    # PUT x, watch x and run, as one request: the tutorial's first part in three calls
+    s = Sess(client)
+    t = s.tape()
+    out = s.run(node("y", "reduce_sum", "x"), node("z", "multiply", "y", "y"),
+                inputs={"x": f32([[1, 2], [3, 4]])}, watch={t: ["x"]}, fetch=["z"])
+    exact(out["values"]["z"], 100.0)
+    s.stop(t)
+    # d (sum x)^2 / dx = 2 * sum(x) = 20 everywhere
+    exact(s.grad(t, "z", ["x"])["x"], np.full((2, 2), 20.0))
+    exact(s.get("x"), [[1, 2], [3, 4]])  # the input stays bound, as a PUT would bind it
+    # nothing but inputs and a watch is a request too; fetch reads session tensors
+    t2 = s.tape()
+    out = s.run(inputs={"w": f32(3.0)}, watch={t2: ["w", "x"]}, fetch=["w"])
+    exact(out["values"]["w"], 3.0)
+    assert sorted(s.tape_info(t2)["watched"]) == ["w", "x"]
+
+
+def test_run_inputs_and_watch_errors(client: TestClient) -> None:
+    s = Sess(client)
+    body = problem(client.post(f"{s.base}/run", json={}), 422)
+    assert "nothing to do" in body["detail"] and ["body", "nodes"] in locs(body)
+    body = problem(client.post(f"{s.base}/run", json={
+        "inputs": {"x": f32(1.0)}, "watch": {"t_nope": ["x"]}}), 422)
+    assert "t_nope" in body["detail"] and ["body", "watch", "t_nope"] in locs(body)
+    s.get("x", status=404)  # a failed run binds nothing, not even its inputs
+    t = s.tape()
+    body = problem(client.post(f"{s.base}/run", json={"watch": {t: ["x", "ghost"]}}), 422)
+    assert "ghost" in body["detail"] or "x" in body["detail"]
+    assert locs(body)[0][:3] == ["body", "watch", t]
+    body = problem(client.post(f"{s.base}/run", json={
+        "inputs": {"x": {"dtype": "float32", "shape": [2], "data": [1.0]}},
+        "nodes": [node("y", "negative", "x")]}), 422)
+    assert locs(body)[0][:3] == ["body", "inputs", "x"], body
+    body = problem(client.post(f"{s.base}/run", json={"fetch": ["ghost"],
+                                                      "inputs": {"x": f32(1.0)}}), 422)
+    assert ["body", "fetch", 0] in locs(body)

@@ -80,8 +80,8 @@ class SessionRuntime:
     # ----- tensors -----
 
     def put_tensor(self, s: Session, name: str, raw: Any, variable: bool = False,
-                   trainable: bool = True) -> np.ndarray:
-        value = decode(raw, ("value",), max_elements=self.engine.limits.max_elements)
+                   trainable: bool = True, loc: tuple[str, ...] = ("value",)) -> np.ndarray:
+        value = decode(raw, loc, max_elements=self.engine.limits.max_elements)
         old = s.names.get(name)
         freed = s.values[old.tensor].nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
             if old and old.tensor in s.values else 0
@@ -136,10 +136,27 @@ class SessionRuntime:
     # ----- running ops -----
 
     def run(self, s: Session, nodes: Sequence[Mapping[str, Any]], fetch: Sequence[str] | None,
-            max_nodes: int) -> dict[str, np.ndarray]:
-        """Evaluate `nodes` in order, bind their ids, record them on recording tapes."""
+            max_nodes: int, inputs: Mapping[str, Any] | None = None,
+            watch: Mapping[str, Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+        """Bind `inputs` as constants, let tapes `watch` names, then evaluate `nodes` in order,
+        bind their ids and record them on recording tapes (one request for what a client would
+        otherwise send as PUTs, watches and a run)."""
+        if not nodes and not inputs and not watch:
+            raise InvalidGraph("nothing to do: give nodes to run (or inputs to bind, or "
+                               "tensors to watch)", loc=("nodes",))
+        if inputs and inline_limit.get() is not None:
+            raise Offload  # tensors to decode: a worker thread, before anything changes
+        for name, raw in (inputs or {}).items():
+            self.put_tensor(s, name, raw, loc=("inputs", name))
+        for tape_id, names in (watch or {}).items():
+            tape = s.tapes.get(tape_id)
+            if tape is None:
+                raise InvalidGraph(f"watch names tape {clip(tape_id)}, which the session does "
+                                   "not have; open it first", loc=("watch", tape_id))
+            self.watch(s, tape, names, loc=("watch", tape_id))
         if not nodes:
-            raise InvalidGraph("nodes is empty: give at least one node", loc=("nodes",))
+            return {name: s.values[self._tid(s, self._binding(s, name, ("fetch", i)))]
+                    for i, name in enumerate(fetch or ())}
         if len(nodes) > max_nodes:
             raise TooLarge(f"{len(nodes)} nodes; the limit is {max_nodes} "
                            "(GRADTAPE_MAX_NODES)", loc=("nodes",))
@@ -347,9 +364,10 @@ class SessionRuntime:
                            "never opened)")
         return tape
 
-    def watch(self, s: Session, tape: Tape, names: Sequence[str]) -> None:
+    def watch(self, s: Session, tape: Tape, names: Sequence[str],
+              loc: tuple[str, ...] = ("tensors",)) -> None:
         for i, name in enumerate(names):
-            binding = self._binding(s, name, ("tensors", i))
+            binding = self._binding(s, name, (*loc, i))
             if binding.variable is not None:
                 tape.watched_variables.add(binding.variable)
             tid = self._tid(s, binding)

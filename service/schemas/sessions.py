@@ -43,8 +43,15 @@ class PutTensor(Strict):
 class RunRequest(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN]})
 
-    nodes: list[Node] = Field(min_length=1, description="run in order; an id may rebind a "
-                              "name; assign, assign_add and assign_sub update a variable")
+    nodes: list[Node] = Field(default_factory=list, description="run in order; an id may "
+                              "rebind a name; assign, assign_add and assign_sub update a "
+                              "variable")
+    inputs: dict[str, Tensor] = Field(default_factory=dict, description="{name: tensor}: "
+                                      "bound as session constants before the nodes run, as "
+                                      "PUT .../tensors/{name} would bind them")
+    watch: dict[str, list[Name]] = Field(default_factory=dict, description="{tape_id: "
+                                         "[names]}: watched by those tapes after inputs are "
+                                         "bound and before the nodes run")
     fetch: list[str] | None = Field(None, description="names to return; default: every "
                                     "node's result; [] returns nothing")
     encoding: Encoding = "json"
