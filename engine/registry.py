@@ -7,6 +7,7 @@ whose constants are counted by their array bytes.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from engine.graph import canonical_form, graph_id, parse_graph
 from engine.program import Program
 
 EQN_OVERHEAD = 400  # bytes of one parsed equation with its tuples, measured with tracemalloc
+INLINE_CAPACITY = 256  # inline graphs whose parse is remembered, by the hash of their JSON
+INLINE_MAX_BYTES = 64 * 1024**2  # and at most this much of them in all
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,38 @@ class GraphRegistry:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._graphs: OrderedDict[str, RegisteredGraph] = OrderedDict()
+        self._inline: OrderedDict[bytes, tuple[Program, int]] = OrderedDict()
+        self.inline_bytes = 0
         self._lock = threading.Lock()
 
     def parse(self, graph: Mapping[str, Any]) -> Program:
         limits = self.limits
         return parse_graph(graph, max_nodes=limits.max_nodes, max_elements=limits.max_elements,
                            max_args=limits.max_args_per_node, max_edges=limits.max_edges)
+
+    def parse_inline(self, graph: Mapping[str, Any]) -> Program:
+        """The Program of a graph sent inline: parsed once per distinct graph (a client in a
+        loop sends the same one every time), found again by the hash of its JSON."""
+        blob = orjson.dumps(graph, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        key = hashlib.blake2b(blob, digest_size=16).digest()
+        with self._lock:
+            known = self._inline.get(key)
+            if known is not None:
+                self._inline.move_to_end(key)
+                return known[0]
+        program = self.parse(graph)  # an invalid graph raises: nothing is remembered
+        size = len(blob) + EQN_OVERHEAD * len(program.eqns)
+        if size > INLINE_MAX_BYTES // 16:
+            return program  # a big graph: register it (POST /v1/graphs) to keep it
+        with self._lock:
+            if key not in self._inline:
+                self._inline[key] = (program, size)
+                self.inline_bytes += size
+                while len(self._inline) > INLINE_CAPACITY or \
+                        self.inline_bytes > INLINE_MAX_BYTES:
+                    _, (_, dropped) = self._inline.popitem(last=False)
+                    self.inline_bytes -= dropped
+        return program
 
     def register(self, graph: Mapping[str, Any]) -> tuple[RegisteredGraph, bool]:
         """Register `graph`; returns it and whether it was new."""

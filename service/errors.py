@@ -7,6 +7,7 @@ which can leak server paths). Bad input is always 4xx.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -150,9 +151,27 @@ async def unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
     return problem(500, "internal error; the server log has the details")
 
 
+Handler = Callable[[Request, Exception], Awaitable[ProblemResponse]]
+
+# The most specific class first: `answer` takes the first that matches.
+HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
+    (EngineError, engine_error),
+    (RequestValidationError, validation_error),
+    (StarletteHTTPException, http_error),
+    (ApiError, api_error),
+    (Exception, unexpected_error),
+)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(EngineError, engine_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    for cls, handler in HANDLERS:
+        app.add_exception_handler(cls, handler)
+
+
+async def answer(request: Request, exc: Exception) -> ProblemResponse:
+    """The problem answer to `exc`, as the installed handlers give it (for code that runs
+    outside FastAPI's exception middleware: the stateless fast path)."""
+    for cls, handler in HANDLERS:
+        if isinstance(exc, cls):
+            return await handler(request, exc)
+    raise exc  # a BaseException (cancellation): not an error to answer

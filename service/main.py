@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
@@ -14,6 +15,7 @@ from starlette.responses import Response
 import engine
 from service import errors, openapi
 from service.config import Settings
+from service.fastpath import StatelessFastPath
 from service.metrics import MetricsMiddleware
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from service.observability import RequestContextMiddleware
@@ -71,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
+    posts = {r.path: r for r in differentiation.router.routes if isinstance(r, APIRoute)}
+    app.add_middleware(StatelessFastPath, services=services, routes={
+        path: (stateless, posts[path]) for path, stateless in differentiation.ROUTES.items()})
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

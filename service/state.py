@@ -155,7 +155,7 @@ class Services:
     def parse(self, graph: Any) -> Program:
         """The Program of an inline graph."""
         try:
-            return self.registry.parse(graph.plain())
+            return self.registry.parse_inline(graph.plain())
         except EngineError as exc:
             raise exc.with_loc("graph") from None
 
