@@ -18,7 +18,7 @@ fetched to host. Both run the same batches from the same initial weights, interl
 step, and the final weights are checked to agree. Goal: the session step within 1.3x of the
 jitted step.
 
-Then the five-part tutorial of API.md (examples/tutorial.py, imported and pointed at the same
+Then the five-part tutorial of API.md (examples/tutorial_httpx.py, imported and pointed at the same
 server) runs end to end, `--tutorial-runs` times: the number of requests and the total time of
 each run, and its printed answers are checked against API.md.
 
@@ -124,6 +124,45 @@ class SessionTrainer:
         self._call("DELETE", self.base)
 
 
+class TapeApplyTrainer(SessionTrainer):
+    """The TensorFlow-style flow with the update on the server: four requests a step.
+
+    1. POST tapes; 2. POST run with the batch as `inputs` and the forward pass, fetch [];
+    3. POST tapes/{tid}/gradient with `"apply": "sgd"` (an optax SGD optimiser of the
+    session over the six weights: the gradients never leave the server); 4. DELETE the tape.
+    """
+
+    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray]):
+        super().__init__(client, weights)
+        self._call("POST", f"{self.base}/optimizers", {
+            "name": "sgd", "method": "sgd", "learning_rate": LR, "variables": list(WEIGHTS)})
+
+    def step(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[float]]:
+        times = []
+
+        def timed(method: str, path: str, body: Any = None) -> Any:
+            start = time.perf_counter()
+            out = self._call(method, path, body)
+            times.append(time.perf_counter() - start)
+            return out
+
+        start = time.perf_counter()
+        tape = timed("POST", f"{self.base}/tapes", {})["tape_id"]
+        timed("POST", f"{self.base}/run", {"inputs": {"X": b64(X), "Y": b64(Y)},
+                                           "nodes": self.forward, "fetch": []})
+        out = timed("POST", f"{self.base}/tapes/{tape}/gradient",
+                    {"target": "loss", "apply": "sgd"})
+        timed("DELETE", f"{self.base}/tapes/{tape}")
+        elapsed = time.perf_counter() - start
+        assert out["step"] >= 1, out
+        return elapsed, times
+
+
+APPLY_REQUESTS = ["POST tapes", "POST run (batch + forward)", "POST gradient (apply)",
+                  "DELETE tape"]
+APPLY_GOAL = 2.5
+
+
 def jax_step_fn() -> Any:
     @jax.jit
     def step(params: dict[str, Any], X: Any, Y: Any) -> tuple[Any, dict[str, Any]]:
@@ -134,10 +173,10 @@ def jax_step_fn() -> Any:
 
 
 def run_tutorial(url: str, runs: int) -> list[dict[str, Any]]:
-    """examples/tutorial.py against `url`: requests and total time per run."""
+    """examples/tutorial_httpx.py (the hand-written REST client) against `url`: requests and total time per run."""
     os.environ["GRADTAPE_URL"] = url
     spec = importlib.util.spec_from_file_location("gradtape_tutorial",
-                                                  ROOT / "examples" / "tutorial.py")
+                                                  ROOT / "examples" / "tutorial_httpx.py")
     assert spec is not None and spec.loader is not None
     tutorial = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tutorial)
@@ -243,11 +282,15 @@ def main() -> int:
     params = jax.device_put(weights)
     session_times: list[float] = []
     per_request: list[list[float]] = []
+    apply_times: list[float] = []
+    apply_per_request: list[list[float]] = []
     jax_times: list[float] = []
     with gradtape_server() as server, httpx.Client(base_url=server.url, timeout=120) as client:
         trainer = SessionTrainer(client, weights)
+        applier = TapeApplyTrainer(client, weights)
         for i, (X, Y) in enumerate(batches):
             elapsed, times = trainer.step(X, Y)
+            apply_elapsed, apply_times_one = applier.step(X, Y)
             start = time.perf_counter()
             loss, params = jax_step(params, X, Y)
             float(loss)
@@ -256,26 +299,37 @@ def main() -> int:
             if i >= args.warmup:
                 session_times.append(elapsed)
                 per_request.append(times)
+                apply_times.append(apply_elapsed)
+                apply_per_request.append(apply_times_one)
                 jax_times.append(jax_elapsed)
         final = {name: trainer.weight(name) for name in WEIGHTS}
+        final_apply = {name: applier.weight(name) for name in WEIGHTS}
         trainer.close()
+        applier.close()
         tutorial = run_tutorial(server.url, args.tutorial_runs)
 
     params = jax.device_get(params)
     max_diff = {name: float(np.max(np.abs(final[name] - params[name]))) for name in WEIGHTS}
     for name in WEIGHTS:
         np.testing.assert_allclose(final[name], params[name], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(final_apply[name], params[name], rtol=1e-3, atol=1e-4)
 
     s, j = ms(median(session_times)), ms(median(jax_times))
+    a = ms(median(apply_times))
     ratio = s / j
+    apply_ratio = a / j
     print(table(["step", "median ms", "min ms", "max ms"], [
         ["gradtape session over HTTP (7 requests)", s, ms(min(session_times)),
          ms(max(session_times))],
+        ["gradtape tape + gradient apply (4 requests)", a, ms(min(apply_times)),
+         ms(max(apply_times))],
         ["jax.jit(value_and_grad + SGD update), in process", j, ms(min(jax_times)),
          ms(max(jax_times))],
     ], title=f"Training step, MLP 784-512-512-10, batch 128 ({args.steps} steps after "
              f"{args.warmup} warm-up, interleaved)"))
     print(f"\nratio session / jit: {ratio:.2f}  (goal <= {GOAL}: {verdict(ratio <= GOAL)})")
+    print(f"ratio tape + apply / jit: {apply_ratio:.2f}  (goal <= {APPLY_GOAL}: "
+          f"{verdict(apply_ratio <= APPLY_GOAL)})")
     print("final weights agree with the JAX run (max abs diff "
           f"{max(max_diff.values()):.2e})")
 
@@ -285,6 +339,12 @@ def main() -> int:
     print(table(["request", "median ms", "share of step"],
                 [[k, v, f"{100 * v / s:.0f}%"] for k, v in breakdown.items()],
                 title="Where a session step goes (client-side time per request)"))
+    apply_breakdown = {name: ms(median([t[k] for t in apply_per_request])) for k, name in
+                       enumerate(APPLY_REQUESTS)}
+    print()
+    print(table(["request", "median ms", "share of step"],
+                [[k, v, f"{100 * v / a:.0f}%"] for k, v in apply_breakdown.items()],
+                title="Where a tape + apply step goes (client-side time per request)"))
 
     parts = attribution(weights, *batches[0], n=attribution_calls)
     print()
@@ -295,7 +355,7 @@ def main() -> int:
     print(table(["tutorial run", "requests", "total ms", "ms / request", "answers = API.md"],
                 [[i + 1, t["requests"], t["total_ms"], t["ms_per_request"],
                   "yes" if t["matches_api_md"] else "NO"] for i, t in enumerate(tutorial)],
-                title="The five-part tutorial (examples/tutorial.py) end to end"))
+                title="The five-part tutorial (examples/tutorial_httpx.py) end to end"))
     if not all(t["matches_api_md"] for t in tutorial):
         print("tutorial output:\n" + "\n".join(tutorial[0]["output"]))
 
@@ -310,6 +370,10 @@ def main() -> int:
         "goals": {"session_over_jit_max": GOAL},
         "median_step_ms": {"session_http": s, "jax_jit": j},
         "ratio": ratio, "goal_met": ratio <= GOAL,
+        "tape_apply": {"median_step_ms": a, "ratio": apply_ratio, "goal": APPLY_GOAL,
+                       "goal_met": apply_ratio <= APPLY_GOAL,
+                       "per_request_median_ms": apply_breakdown,
+                       "step_ms": [ms(t) for t in apply_times]},
         "per_request_median_ms": breakdown,
         "attribution_ms": parts,
         "final_weights_max_abs_diff": max_diff,

@@ -1,134 +1,100 @@
-"""The gradtape tutorial in Python, with httpx.
+"""The gradtape tutorial in Python, with the gradtape client: TensorFlow's GradientTape
+tutorial, the tape held by the server. (examples/tutorial_httpx.py makes the same API calls
+by hand, with httpx alone.)
 
 Five parts, each in its own session. Every result is printed as
 "<part> <label> = <data> <dtype> <shape>", e.g. "part3 dz/dx = 108 float32 []".
 
+    pip install -e clients/python
     GRADTAPE_URL=http://127.0.0.1:8000 python examples/tutorial.py
 """
 
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import httpx
+try:
+    import gradtape as gt
+except ImportError:  # run from a checkout where the client is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "python"))
+    import gradtape as gt
 
-URL = os.environ.get("GRADTAPE_URL", "http://127.0.0.1:8000")
-client = httpx.Client(base_url=f"{URL}/v1", timeout=60)
-
-
-def call(method: str, path: str, body: Any = None) -> Any:
-    """Send one request; on an HTTP error print the problem+json body and exit."""
-    response = client.request(method, path, json=body)
-    if response.is_error:
-        sys.exit(f"error: {method} {path} -> HTTP {response.status_code}\n{response.text}")
-    return None if response.status_code == 204 else response.json()
-
-
-@contextmanager
-def session() -> Iterator[str]:
-    """A fresh session, deleted at the end. Yields its path, /sessions/{id}."""
-    sid = call("POST", "/sessions", {})["session_id"]
-    try:
-        yield f"/sessions/{sid}"
-    finally:
-        call("DELETE", f"/sessions/{sid}")
-
-
-def put(s: str, name: str, value: Any, variable: bool = False) -> None:
-    call("PUT", f"{s}/tensors/{name}", {"value": value, "variable": variable, "trainable": True})
-
-
-def open_tape(s: str, persistent: bool = False) -> str:
-    """Start recording; returns the tape's path."""
-    tape_id = call("POST", f"{s}/tapes", {"persistent": persistent})["tape_id"]
-    return f"{s}/tapes/{tape_id}"
-
-
-def run(s: str, *nodes: dict) -> None:
-    call("POST", f"{s}/run", {"nodes": list(nodes)})
-
-
-def node(id: str, op: str, *args: str) -> dict:
-    return {"id": id, "op": op, "args": list(args)}
-
-
-def gradient(tape: str, target: str, source: str, **extra: Any) -> dict:
-    """The gradient of target with respect to one source, as a tensor object."""
-    body = {"target": target, "sources": [source], **extra}
-    return call("POST", f"{tape}/gradient", body)["gradients"][source]
+client = gt.Client()  # GRADTAPE_URL (default http://127.0.0.1:8000), GRADTAPE_API_KEY
 
 
 def fmt(v: Any) -> str:
     return "[" + ",".join(fmt(x) for x in v) + "]" if isinstance(v, list) else f"{v:g}"
 
 
-def show(label: str, t: dict) -> None:
-    print(f"{label} = {fmt(t['data'])} {t['dtype']} {fmt(t['shape'])}")
-
-
-def record_z(s: str) -> str:
-    """x = [[1,1],[1,1]]; watch x; y = reduce_sum(x); z = y * y. Returns the stopped tape."""
-    put(s, "x", [[1.0, 1.0], [1.0, 1.0]])
-    tape = open_tape(s)
-    call("POST", f"{tape}/watch", {"tensors": ["x"]})
-    run(s, node("y", "reduce_sum", "x"), node("z", "multiply", "y", "y"))
-    call("POST", f"{tape}/stop")
-    return tape
+def show(label: str, t: gt.Tensor) -> None:
+    value = t.numpy()
+    print(f"{label} = {fmt(value.tolist())} {value.dtype.name} {fmt(list(value.shape))}")
 
 
 def part1() -> None:
-    with session() as s:
-        tape = record_z(s)
-        show("part1 dz/dx", gradient(tape, "z", "x"))
+    with client.session() as s:
+        x = s.constant([[1.0, 1.0], [1.0, 1.0]])
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = gt.reduce_sum(x)
+            z = gt.multiply(y, y)
+        # Derivative of z with respect to the original input tensor x
+        show("part1 dz/dx", t.gradient(z, x))
 
 
 def part2() -> None:
-    # The same recording; this time the source is the intermediate y.
-    with session() as s:
-        tape = record_z(s)
-        show("part2 dz/dy", gradient(tape, "z", "y"))
+    with client.session() as s:
+        x = s.constant([[1.0, 1.0], [1.0, 1.0]])
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = gt.reduce_sum(x)
+            z = gt.multiply(y, y)
+        # The gradient with respect to an intermediate value of the recording
+        show("part2 dz/dy", t.gradient(z, y))
 
 
 def part3() -> None:
     # A persistent tape answers more than one gradient call.
-    with session() as s:
-        put(s, "x", 3.0)
-        tape = open_tape(s, persistent=True)
-        call("POST", f"{tape}/watch", {"tensors": ["x"]})
-        run(s, node("y", "multiply", "x", "x"), node("z", "multiply", "y", "y"))
-        call("POST", f"{tape}/stop")
-        show("part3 dz/dx", gradient(tape, "z", "x"))
-        show("part3 dy/dx", gradient(tape, "y", "x"))
-        call("DELETE", tape)
+    with client.session() as s:
+        x = s.constant(3.0)
+        with s.GradientTape(persistent=True) as t:
+            t.watch(x)
+            y = x * x
+            z = y * y
+        show("part3 dz/dx", t.gradient(z, x))  # 108.0 (4 * x^3 at x = 3)
+        show("part3 dy/dx", t.gradient(y, x))  # 6.0
+        del t  # drop the reference to the tape
+
+
+def f(x: gt.Tensor, y: int) -> Any:
+    output = 1.0
+    for i in range(y):
+        if 1 < i < 5:
+            output = gt.multiply(output, x)
+    return output
 
 
 def part4(n: int) -> None:
-    # Control flow stays in the client: the tape records only the ops that ran.
-    with session() as s:
-        put(s, "x", 2.0)
-        put(s, "output", 1.0)
-        tape = open_tape(s)
-        call("POST", f"{tape}/watch", {"tensors": ["x"]})
-        for i in range(1, n + 1):
-            if 2 < i <= 5:
-                run(s, node("output", "multiply", "output", "x"))
-        call("POST", f"{tape}/stop")
-        show(f"part4 n={n} doutput/dx", gradient(tape, "output", "x"))
+    # Control flow stays in Python: the tape records only the ops that ran.
+    with client.session() as s:
+        x = s.constant(2.0)
+        with s.GradientTape() as t:
+            t.watch(x)
+            out = f(x, n)
+        show(f"part4 n={n} doutput/dx", t.gradient(out, x))
 
 
 def part5() -> None:
-    # Higher order: t2's gradient is computed while t records, so t can differentiate it.
-    with session() as s:
-        put(s, "x", 1.0, variable=True)  # trainable variables are watched automatically
-        t = open_tape(s)
-        t2 = open_tape(s)
-        run(s, node("x2", "multiply", "x", "x"), node("y", "multiply", "x2", "x"))
-        call("POST", f"{t2}/stop")
-        show("part5 dy/dx", gradient(t2, "y", "x", save_as={"x": "dy_dx"}))
-        call("POST", f"{t}/stop")
-        show("part5 d2y/dx2", gradient(t, "dy_dx", "x"))
+    # Higher order: the inner tape's gradient is computed while the outer tape records.
+    with client.session() as s:
+        x = s.Variable(1.0)  # trainable variables are watched automatically
+        with s.GradientTape() as t:
+            with s.GradientTape() as t2:
+                y = x * x * x
+            dy_dx = t2.gradient(y, x)
+        d2y_dx2 = t.gradient(dy_dx, x)
+        show("part5 dy/dx", dy_dx)
+        show("part5 d2y/dx2", d2y_dx2)
 
 
 def main() -> None:
@@ -139,8 +105,10 @@ def main() -> None:
         for n in (6, 5, 4):
             part4(n)
         part5()
-    except httpx.HTTPError as e:
-        sys.exit(f"error: cannot reach {URL}: {e!r}")
+    except gt.TransportError as e:
+        sys.exit(f"error: {e}")
+    except gt.GradtapeError as e:
+        sys.exit(f"error: {e}\n{e.problem or ''}")
 
 
 if __name__ == "__main__":

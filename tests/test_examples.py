@@ -39,6 +39,7 @@ EXAMPLE_COMMANDS = {
         },
     ),
     "python": ([sys.executable, "tutorial.py"], {}),
+    "python-httpx": ([sys.executable, "tutorial_httpx.py"], {}),
     "node": (
         ["node", "tutorial.mjs"],
         {"node": "apt-get install -y nodejs (Node.js 20 or newer, e.g. from NodeSource)"},

@@ -1,0 +1,703 @@
+"""The Python client (clients/python, `import gradtape as gt`) against a real server.
+
+The service is started once for the module on a free loopback port. Derivatives are checked
+against independent oracles: central differences in float64 with NumPy, and closed forms.
+Request counts are taken with an httpx event hook on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "clients" / "python"))  # also without `pip install -e`
+
+import gradtape as gt  # noqa: E402
+from gradtape._catalog import CATALOG  # noqa: E402
+
+STARTUP_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("client-server") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/v1/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {STARTUP_TIMEOUT_S} s:\n"
+                            f"{log_path.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Counted:
+    """A client whose requests are recorded as (method, last path segment, body)."""
+
+    def __init__(self, url: str):
+        self.calls: list[tuple[str, str, bytes]] = []
+        self.client = gt.Client(url, event_hooks={"request": [self._seen]})
+
+    def _seen(self, request: httpx.Request) -> None:
+        self.calls.append((request.method, request.url.path.rsplit("/", 1)[-1],
+                           request.content))
+
+    def routes(self) -> list[str]:
+        return [f"{m} {p}" for m, p, _ in self.calls]
+
+    def take(self) -> list[str]:
+        routes = self.routes()
+        self.calls.clear()
+        return routes
+
+
+@pytest.fixture
+def counted(server: str) -> Iterator[Counted]:
+    c = Counted(server)
+    yield c
+    c.client.close()
+
+
+@pytest.fixture
+def client(counted: Counted) -> gt.Client:
+    return counted.client
+
+
+def central_diff(fn: Callable[[np.ndarray], Any], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """d fn / dx by central differences in float64: shape fn(x).shape + x.shape."""
+    x = np.asarray(x, dtype=np.float64)
+    out_shape = np.shape(fn(x))
+    jac = np.zeros(out_shape + x.shape)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = h
+        jac[(..., *i)] = (np.asarray(fn(x + step)) - np.asarray(fn(x - step))) / (2 * h)
+    return jac
+
+
+# ----- the tutorial -----
+
+def test_tutorial_numbers(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.constant([[1.0, 1.0], [1.0, 1.0]])
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = gt.reduce_sum(x)
+            z = gt.multiply(y, y)
+        g = t.gradient(z, x).numpy()
+    assert g.dtype == np.float32 and g.shape == (2, 2)
+    np.testing.assert_array_equal(g, [[8.0, 8.0], [8.0, 8.0]])
+
+    with client.session() as s:
+        x = s.constant([[1.0, 1.0], [1.0, 1.0]])
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = gt.reduce_sum(x)
+            z = gt.multiply(y, y)
+        assert float(t.gradient(z, y)) == 8.0
+
+    with client.session() as s:
+        x = s.constant(3.0)
+        with s.GradientTape(persistent=True) as t:
+            t.watch(x)
+            y = x * x
+            z = y * y
+        assert float(t.gradient(z, x)) == 108.0
+        assert float(t.gradient(y, x)) == 6.0
+
+    def f(x: gt.Tensor, n: int) -> Any:
+        output = 1.0
+        for i in range(n):
+            if 1 < i < 5:
+                output = gt.multiply(output, x)
+        return output
+
+    for n, expected in ((6, 12.0), (5, 12.0), (4, 4.0)):
+        with client.session() as s:
+            x = s.constant(2.0)
+            with s.GradientTape() as t:
+                t.watch(x)
+                out = f(x, n)
+            assert float(t.gradient(out, x)) == expected
+
+    with client.session() as s:
+        v = s.Variable(1.0)
+        with s.GradientTape() as t:
+            with s.GradientTape() as t2:
+                y = v * v * v
+            dy_dx = t2.gradient(y, v)
+        d2y_dx2 = t.gradient(dy_dx, v)
+        assert dy_dx.numpy().dtype == np.float32
+        assert float(dy_dx) == 3.0 and float(d2y_dx2) == 6.0
+
+
+def test_tutorial_request_counts(counted: Counted) -> None:
+    """What tutorial parts 1, 3 and 5 cost (examples/tutorial_httpx.py, written by hand,
+    costs 8, 10 and 10 requests for them)."""
+    client = counted.client
+
+    def kinds() -> list[str]:
+        return [r.split(" ")[0] + " " + ("tensors" if r.startswith("PUT") else
+                                         r.split(" ")[1] if not r.startswith("DELETE")
+                                         else "session") for r in counted.take()]
+
+    with client.session() as s:
+        x = s.constant([[1.0, 1.0], [1.0, 1.0]])
+        with s.GradientTape() as t:
+            t.watch(x)
+            z = gt.reduce_sum(x) ** 2
+        t.gradient(z, x).numpy()
+    assert kinds() == ["POST sessions", "POST tapes", "POST run", "POST gradient",
+                       "DELETE session"]
+
+    with client.session() as s:
+        x = s.constant(3.0)
+        with s.GradientTape(persistent=True) as t:
+            t.watch(x)
+            y = x * x
+            z = y * y
+        t.gradient(z, x).numpy()
+        t.gradient(y, x).numpy()
+    assert kinds() == ["POST sessions", "POST tapes", "POST run", "POST gradient",
+                       "POST gradient", "DELETE session"]
+
+    with client.session() as s:
+        v = s.Variable(1.0)
+        with s.GradientTape() as t:
+            with s.GradientTape() as t2:
+                y = v * v * v
+            dy_dx = t2.gradient(y, v)
+        t.gradient(dy_dx, v).numpy()
+    # t2 must stop before its gradient is recorded on t; t's stop is never needed
+    assert kinds() == ["POST sessions", "PUT tensors", "POST tapes", "POST tapes", "POST run",
+                       "POST stop", "POST gradient", "POST gradient", "DELETE session"]
+
+
+def test_tutorial_example_prints_the_nine_lines(server: str) -> None:
+    result = subprocess.run([sys.executable, "tutorial.py"], cwd=ROOT / "examples",
+                            env={**os.environ, "GRADTAPE_URL": server}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "part1 dz/dx = [[8,8],[8,8]] float32 [2,2]",
+        "part2 dz/dy = 8 float32 []",
+        "part3 dz/dx = 108 float32 []",
+        "part3 dy/dx = 6 float32 []",
+        "part4 n=6 doutput/dx = 12 float32 []",
+        "part4 n=5 doutput/dx = 12 float32 []",
+        "part4 n=4 doutput/dx = 4 float32 []",
+        "part5 dy/dx = 3 float32 []",
+        "part5 d2y/dx2 = 6 float32 []",
+    ]
+    wrong = subprocess.run([sys.executable, "tutorial.py"], cwd=ROOT / "examples",
+                           env={**os.environ, "GRADTAPE_URL": f"{server}/no-such-prefix"},
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "404" in wrong.stderr and not wrong.stdout
+
+
+# ----- derivatives against oracles -----
+
+X0 = np.array([0.3, -1.2, 2.0, 0.7])
+W = np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]])
+A = np.array([1.0, -2.0, 0.5, 3.0])
+
+
+def f_numpy(x: np.ndarray) -> float:
+    return float(np.sum(np.sin(x) * x**2) + np.log(np.sum(np.exp(x))))
+
+
+def f_gt(x: gt.Tensor) -> gt.Tensor:
+    return gt.reduce_sum(gt.sin(x) * x**2) + gt.reduce_logsumexp(x)
+
+
+def f_grad_closed(x: np.ndarray) -> np.ndarray:
+    softmax = np.exp(x) / np.sum(np.exp(x))
+    return np.cos(x) * x**2 + 2 * x * np.sin(x) + softmax
+
+
+def test_tape_gradient_matches_differences_and_closed_form(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.constant(X0)  # float64 stays float64
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = f_gt(x)
+        g = t.gradient(y, x).numpy()
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, central_diff(f_numpy, X0), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(g, f_grad_closed(X0), rtol=1e-12)
+
+
+def test_tape_jacobian_and_batch_jacobian(client: gt.Client) -> None:
+    def g_numpy(x: np.ndarray) -> np.ndarray:
+        return np.tanh(W @ x)
+
+    x0 = np.array([0.4, -0.9])
+    with client.session() as s:
+        x = s.constant(x0)
+        w = s.constant(W)
+        batch = s.constant(np.stack([x0, 2 * x0, -x0]))
+        with s.GradientTape(persistent=True) as t:
+            t.watch([x, batch])
+            y = gt.tanh(w @ x)
+            yb = gt.tanh(batch @ gt.transpose(w))  # [3 examples, 3 outputs]
+        jac = t.jacobian(y, x).numpy()
+        bjac = t.batch_jacobian(yb, batch).numpy()
+    closed = (1 - np.tanh(W @ x0) ** 2)[:, None] * W
+    np.testing.assert_allclose(jac, central_diff(g_numpy, x0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(jac, closed, rtol=1e-12)
+    assert bjac.shape == (3, 3, 2)
+    for i, xi in enumerate([x0, 2 * x0, -x0]):
+        np.testing.assert_allclose(bjac[i], central_diff(g_numpy, xi), rtol=1e-6, atol=1e-9)
+
+
+def test_tape_hvp_and_hessian_closed_form(client: gt.Client) -> None:
+    v0 = np.array([1.0, 0.5, -1.0, 2.0])
+    with client.session() as s:
+        x = s.constant(X0)
+        with s.GradientTape(persistent=True) as t:
+            t.watch(x)
+            h = gt.reduce_sum(x**4) / 4 + gt.reduce_sum(x * A) ** 2
+        hvp = t.hvp(h, x, v0).numpy()
+        hess = t.hessian(h, x).numpy()
+    closed = np.diag(3 * X0**2) + 2 * np.outer(A, A)
+    np.testing.assert_allclose(hess, closed, rtol=1e-12)
+    np.testing.assert_allclose(hvp, closed @ v0, rtol=1e-12)
+    grad = lambda z: z**3 + 2 * A * np.dot(A, z)  # noqa: E731
+    np.testing.assert_allclose(hess, central_diff(grad, X0), rtol=1e-6, atol=1e-6)
+
+
+def test_structures_output_gradients_and_unconnected(client: gt.Client) -> None:
+    with client.session() as s:
+        a = s.constant([1.0, 2.0])
+        b = s.constant(3.0)
+        c = s.constant(5.0)  # never watched
+        with s.GradientTape(persistent=True) as t:
+            t.watch([a, b])
+            y = a * b
+        grads = t.gradient(y, {"a": a, "pair": (b, c)})
+        assert set(grads) == {"a", "pair"} and isinstance(grads["pair"], tuple)
+        np.testing.assert_array_equal(grads["a"].numpy(), [3.0, 3.0])
+        assert float(grads["pair"][0]) == 3.0 and grads["pair"][1] is None
+        zero = t.gradient(y, [c], unconnected_gradients="zero")
+        assert isinstance(zero, list) and float(zero[0]) == 0.0
+        vjp = t.gradient(y, a, output_gradients=np.array([1.0, -1.0]))
+        np.testing.assert_array_equal(vjp.numpy(), [3.0, -3.0])
+        total = t.gradient([y, gt.reduce_sum(a)], b)  # a list of targets: their sum
+        assert float(total) == 3.0
+
+
+# ----- tapes -----
+
+def test_persistent_tape_and_second_gradient_conflict(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.constant(2.0)
+        with s.GradientTape() as t:
+            t.watch(x)
+            y = x * x
+        assert float(t.gradient(y, x)) == 4.0
+        with pytest.raises(gt.ConflictError) as info:
+            t.gradient(y, x)
+        assert info.value.status == 409 and "persistent" in info.value.detail
+        with s.GradientTape(persistent=True) as p:
+            p.watch(x)
+            y = x**3
+        assert [float(p.gradient(y, x)) for _ in range(3)] == [12.0, 12.0, 12.0]
+
+
+def test_nested_tapes_third_derivative(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.Variable(2.0)
+        with s.GradientTape() as t1:
+            with s.GradientTape() as t2:
+                with s.GradientTape() as t3:
+                    y = x**4
+                d1 = t3.gradient(y, x)
+            d2 = t2.gradient(d1, x)
+        d3 = t1.gradient(d2, x)
+        assert (float(d1), float(d2), float(d3)) == (32.0, 48.0, 48.0)
+
+
+def test_stop_recording_pauses_only_when_ops_ran(counted: Counted) -> None:
+    with counted.client.session() as s:
+        x = s.constant(2.0)
+        with s.GradientTape(persistent=True) as t:
+            t.watch(x)
+            y = x * x
+            with t.stop_recording():
+                z = x * x * x  # not recorded: a constant for the tape
+            w = y + z
+            with t.stop_recording():
+                pass  # nothing ran: no pause or resume is sent
+        assert float(t.gradient(w, x)) == 4.0
+        assert t.gradient(z, x) is None
+        routes = counted.routes()
+        assert routes.count("POST pause") == 1 and routes.count("POST resume") == 1
+
+
+def test_reset_and_watch_accessed_variables(client: gt.Client) -> None:
+    with client.session() as s:
+        v = s.Variable([1.0, 2.0], name="v")
+        frozen = s.Variable(3.0, trainable=False)
+        with s.GradientTape() as t:
+            y = gt.reduce_sum(v * v) * frozen
+        assert [u.name for u in t.watched_variables()] == ["v"]
+        gv, gf = t.gradient(y, [v, frozen])
+        np.testing.assert_array_equal(gv.numpy(), [6.0, 12.0])
+        assert gf is None  # not trainable: not watched
+        with s.GradientTape(watch_accessed_variables=False) as t:
+            y = v * v
+        assert t.gradient(y, v) is None
+        with s.GradientTape(persistent=True) as t:
+            t.watch(frozen)
+            y = frozen * 2.0
+            t.reset()
+            z = frozen * 5.0
+        assert t.gradient(y, frozen) is None  # forgotten, and no longer watched
+        assert t.gradient(z, frozen) is None
+
+
+# ----- variables -----
+
+def test_variables_assign(client: gt.Client) -> None:
+    with client.session() as s:
+        v = s.Variable([1.0, 2.0], name="weights")
+        twin = s.Variable(0.0, name="weights")  # names are made unique, as TensorFlow does
+        assert twin.name == "weights_1"
+        v.assign_add([1.0, 1.0])
+        np.testing.assert_array_equal(v.numpy(), [2.0, 3.0])
+        v.assign_sub(s.constant([0.5, 0.5]))
+        np.testing.assert_array_equal(v.numpy(), [1.5, 2.5])
+        before = v * 1.0  # reads the value at this point
+        v.assign(7.0)
+        np.testing.assert_array_equal(v.numpy(), [7.0, 7.0])
+        np.testing.assert_array_equal(before.numpy(), [1.5, 2.5])
+        assert v.shape == (2,) and v.dtype == "float32"
+        with s.GradientTape() as t:
+            loss = gt.reduce_sum(v * v)
+        g = t.gradient(loss, v)
+        v.assign_sub(0.25 * g)  # one step of gradient descent
+        np.testing.assert_array_equal(v.numpy(), [3.5, 3.5])
+
+
+# ----- lazy batching -----
+
+def test_ops_are_sent_as_one_run_fetching_only_what_is_needed(counted: Counted) -> None:
+    with counted.client.session() as s:
+        x = s.constant(np.linspace(0.0, 1.0, 8))
+        y = x
+        for _ in range(20):
+            y = gt.tanh(y * 1.5 + 0.1)
+        total = gt.reduce_sum(y)
+        value = float(total)
+        assert counted.routes() == ["POST sessions", "POST run"]
+        body = json.loads(counted.calls[-1][2])
+        assert len(body["nodes"]) == 61 and body["fetch"] == [total.name]
+        assert list(body["inputs"]) == [x.name]
+        expected = np.linspace(0.0, 1.0, 8)
+        for _ in range(20):
+            expected = np.tanh(expected * 1.5 + 0.1)
+        assert value == pytest.approx(float(np.sum(expected)), rel=1e-12)
+        float(total)  # known now: no request
+        assert len(counted.routes()) == 2
+        # names of dropped results are reused, so a loop does not pile up server tensors
+        info = counted.client.request("GET", f"/sessions/{s.session_id}")
+        assert len(info["tensors"]) < 10
+
+
+def test_a_session_that_computes_nothing_costs_nothing(counted: Counted) -> None:
+    with counted.client.session() as s:
+        c = s.constant([1, 2, 3])
+        assert c.numpy().dtype == np.int32 and c.shape == (3,)  # ints are int32, as in TF
+        np.testing.assert_array_equal(np.asarray(c), [1, 2, 3])
+        assert s.session_id is None
+    assert counted.routes() == []
+
+
+# ----- operators, NumPy, the catalogue -----
+
+def test_operators_indexing_and_numpy_interop(client: gt.Client) -> None:
+    a0 = np.array([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]], dtype=np.float32)
+    with client.session() as s:
+        a = s.constant(a0)
+        results = {
+            "+": (a + 1, a0 + 1), "r-": (10 - a, 10 - a0), "*": (a * a, a0 * a0),
+            "/": (a / 2, a0 / 2), "**": (a**2, a0**2), "@": (a @ gt.transpose(a), a0 @ a0.T),
+            "neg": (-a, -a0), "abs": (abs(a), np.abs(a0)), "<": (a < 0, a0 < 0),
+            ">=": (a >= 3, a0 >= 3), "==": (a == 5, a0 == 5), "row": (a[1], a0[1]),
+            "elem": (a[0, -1], a0[0, -1]), "slice": (a[:, 1:], a0[:, 1:]),
+            "np*": (np.float32(2) * a, 2 * a0), "ndarray+": (a0 + a, a0 + a0),
+        }
+        for label, (tensor, expected) in results.items():
+            np.testing.assert_allclose(np.asarray(tensor), expected, err_msg=label)
+        assert float(a[0, 0]) == 1.0 and int(a[1, 1]) == 5
+        assert bool(gt.reduce_any(a < 0)) and not bool(gt.reduce_all(a < 0))
+        assert a.shape == (2, 3) and a.dtype == "float32" and len(a) == 2
+
+
+def test_catalogue_functions_and_tensorflow_aliases(client: gt.Client) -> None:
+    x0 = np.array([-1.0, 0.0, 2.0])
+    with client.session() as s:
+        x = s.constant(x0)
+        m = s.constant(np.array([[2.0, 1.0], [1.0, 3.0]]))
+        checks = [
+            (gt.math.softplus(x), np.log1p(np.exp(x0))),
+            (gt.nn.relu(x), np.maximum(x0, 0)),
+            (gt.reduce_mean(gt.reshape(x, [3, 1]), 1), x0),  # attrs positionally, as in TF
+            (gt.concat([x, x], 0), np.concatenate([x0, x0])),
+            (gt.einsum("i,i->", x, x), x0 @ x0),
+            (gt.linalg.inv(m), np.linalg.inv([[2.0, 1.0], [1.0, 3.0]])),
+            (gt.cast(x, gt.int32), x0.astype(np.int32)),
+        ]
+        for tensor, expected in checks:
+            np.testing.assert_allclose(tensor.numpy(), expected, rtol=1e-12)
+        _, second = gt.split(gt.constant([1.0, 2.0, 3.0, 4.0]), 2)
+        np.testing.assert_array_equal(second.numpy(), [3.0, 4.0])
+    names = {n for spec in CATALOG for n in (spec["name"], *spec["aliases"])}
+    for name in names:
+        holder: Any = gt
+        for part in name.split("."):
+            holder = getattr(holder, part)
+        assert callable(holder) and holder.__doc__, name
+
+
+def test_catalogue_has_not_drifted_from_the_server(client: gt.Client) -> None:
+    live = client.ops()
+    assert live == CATALOG, ("clients/python/gradtape/_catalog.py is out of date: run "
+                             "python clients/python/generate_catalog.py")
+
+
+# ----- errors -----
+
+def test_bad_op_names_node_and_field(client: gt.Client) -> None:
+    from gradtape.tensor import apply
+
+    with client.session() as s:
+        x = s.constant([1.0, 2.0])
+        bad = apply("no_such_op", [x])[0]
+        with pytest.raises(gt.InvalidGraphError) as info:
+            bad.numpy()
+        err = info.value
+        assert err.status == 422 and err.type == "invalid-graph"
+        assert err.node == bad.name and err.loc == ["body", "nodes", 0, "op"]
+        assert "unknown op 'no_such_op'" in err.detail
+        with pytest.raises(gt.InvalidGraphError) as info:
+            gt.reshape(x, [3, 5]).numpy()
+        assert info.value.node is not None and info.value.node.startswith("reshape:")
+        assert "reshape" in str(info.value) and str(info.value).startswith("HTTP 422")
+
+
+def test_deleted_session_is_a_404(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.constant(1.0)
+        float(x * 2.0)
+        sid = s.session_id
+        assert sid is not None
+        client.request("DELETE", f"/sessions/{sid}")
+        with pytest.raises(gt.NotFoundError) as info:
+            float(x * 3.0)
+        assert info.value.status == 404 and sid in info.value.detail
+        s.session_id = None  # already gone
+    with client.session() as s:
+        float(s.constant(1.0) + 1.0)
+        sid = s.session_id
+    with pytest.raises(gt.NotFoundError):  # deleted when its block ended
+        client.request("GET", f"/sessions/{sid}")
+
+
+# ----- the transport -----
+
+def _answers(*responses: httpx.Response) -> tuple[list[httpx.Request], httpx.MockTransport]:
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return seen, httpx.MockTransport(handler)
+
+
+BUSY = {"type": "urn:gradtape:problem:service-unavailable", "title": "Service Unavailable",
+        "status": 503, "detail": "the server is busy"}
+
+
+def test_retry_honours_retry_after_and_keeps_the_idempotency_key() -> None:
+    seen, transport = _answers(
+        httpx.Response(503, headers={"Retry-After": "1"}, json=BUSY),
+        httpx.Response(201, json={"session_id": "s_1"}))
+    client = gt.Client("http://gradtape.test", transport=transport, backoff=0.01)
+    started = time.monotonic()
+    assert client.request("POST", "/sessions", {}) == {"session_id": "s_1"}
+    assert time.monotonic() - started >= 1.0  # Retry-After, not the 10 ms backoff
+    keys = {r.headers["Idempotency-Key"] for r in seen}
+    assert len(seen) == 2 and len(keys) == 1
+
+
+def test_retries_give_up_with_the_problem() -> None:
+    capacity = {"type": "urn:gradtape:problem:capacity-exceeded", "title": "Capacity exceeded",
+                "status": 429, "detail": "too many sessions"}
+    seen, transport = _answers(*[httpx.Response(429, json=capacity) for _ in range(3)])
+    client = gt.Client("http://gradtape.test", transport=transport, max_retries=2,
+                       backoff=0.01)
+    with pytest.raises(gt.CapacityError) as info:
+        client.request("POST", "/sessions", {})
+    assert len(seen) == 3 and info.value.status == 429
+    assert info.value.detail == "too many sessions"
+
+
+def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADTAPE_API_KEY", "k-123")
+    monkeypatch.setenv("GRADTAPE_URL", "http://from-env.test")
+    seen, transport = _answers(httpx.Response(200, json={"status": "ok"}))
+    client = gt.Client(transport=transport)
+    client.request("GET", "/health/live")
+    assert seen[0].headers["X-API-Key"] == "k-123"
+    assert str(seen[0].url) == "http://from-env.test/v1/health/live"
+
+
+# ----- large arrays -----
+
+def test_large_arrays_travel_as_base64_exactly(counted: Counted) -> None:
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((300, 40))
+    big[0, 0] = np.nan
+    with counted.client.session() as s:
+        x = s.constant(big)
+        y = (x * 2.0).numpy()
+    sent = json.loads(counted.calls[1][2])
+    assert set(sent["inputs"][x.name]) == {"dtype", "shape", "b64"}
+    assert y.dtype == np.float64 and y.shape == (300, 40)
+    np.testing.assert_array_equal(y, big * 2.0)  # bit for bit, NaN included
+
+
+# ----- gt.function and the stateless routes -----
+
+@gt.function
+def loss(x: Any, w: Any) -> Any:
+    return gt.reduce_sum(gt.tanh(x @ w))
+
+
+@gt.function
+def shifted(x: Any) -> Any:
+    d = x - np.array([1.0, 2.0])
+    return {"value": gt.reduce_sum(d**4) / 4 + gt.reduce_sum(d * A[:2]) ** 2, "d": d}
+
+
+def test_function_routes(counted: Counted) -> None:
+    client = counted.client
+    x0 = np.array([[0.1, -0.2, 0.3], [0.5, 0.4, -0.6]])
+    w0 = W
+    y = client.evaluate(loss, x0, w0)
+    assert y == pytest.approx(np.sum(np.tanh(x0 @ w0)), rel=1e-12)
+
+    grad = client.gradient(loss, x0, w0)
+    np.testing.assert_allclose(grad.gradients["x"],
+                               central_diff(lambda x: np.sum(np.tanh(x @ w0)), x0),
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(grad.gradients["w"],
+                               central_diff(lambda w: np.sum(np.tanh(x0 @ w)), w0),
+                               rtol=1e-6, atol=1e-9)
+    only_w = client.gradient(loss, x0, w0, sources=["w"])
+    assert set(only_w.gradients) == {"w"}
+
+    p = np.array([0.5, -1.0])
+    d = p - [1.0, 2.0]
+    closed_h = np.diag(3 * d**2) + 2 * np.outer(A[:2], A[:2])
+    jac = client.jacobian(shifted, p, target="d")
+    np.testing.assert_allclose(jac.jacobian["x"], np.eye(2))
+    hvp = client.hvp(shifted, p, target="value", vectors={"x": [1.0, 1.0]}, include=["hvp"])
+    np.testing.assert_allclose(hvp.hvp["x"], closed_h @ [1.0, 1.0], rtol=1e-12)
+    assert hvp.value is None and hvp.gradients is None
+    hess = client.hessian(shifted, p, target="value")
+    np.testing.assert_allclose(hess.hessian["x"]["x"], closed_h, rtol=1e-12)
+    jvp = client.jvp(shifted, p, tangents={"x": [1.0, 0.0]})
+    np.testing.assert_allclose(jvp.tangents["d"], [1.0, 0.0])
+    best = client.minimize(shifted, p, target="value", tolerance=1e-10, max_iterations=200)
+    assert best.converged
+    np.testing.assert_allclose(best.variables["x"], [1.0, 2.0], atol=1e-3)
+
+    routes = counted.routes()
+    # registered once per function and input signature, then named by graph_id
+    assert routes.count("POST graphs") == 2
+    client.gradient(loss, x0.astype(np.float32), w0.astype(np.float32))
+    assert counted.routes().count("POST graphs") == 3
+    graph = loss.graph(x0, w0)
+    assert graph["inputs"] == {"x": {"dtype": "float64", "shape": [2, 3]},
+                               "w": {"dtype": "float64", "shape": [3, 2]}}
+    assert graph["outputs"] == ["out"] and graph["nodes"][-1]["id"] == "out"
+
+
+def test_function_on_session_tensors_runs_eagerly(client: gt.Client) -> None:
+    with client.session() as s:
+        x = s.constant(np.ones((1, 3)))
+        w = s.constant(np.ones((3, 2)))
+        assert float(loss(x, w)) == pytest.approx(2 * np.tanh(3.0), rel=1e-12)
+
+
+def test_traced_tensors_have_no_value() -> None:
+    @gt.function
+    def branchy(x: Any) -> Any:
+        return x * 2.0 if float(x) > 0 else x
+
+    with pytest.raises(TypeError, match=r"gt\.where"):
+        branchy.graph(np.float32(1.0))
+
+
+def test_async_client(server: str) -> None:
+    async def main() -> None:
+        async with gt.AsyncClient(server) as client:
+            x0 = np.array([[0.1, 0.2, 0.3]])
+            result = await client.gradient(loss, x0, W)
+            np.testing.assert_allclose(
+                result.gradients["w"], central_diff(lambda w: np.sum(np.tanh(x0 @ w)), W),
+                rtol=1e-6, atol=1e-9)
+            assert (await client.ops()) == CATALOG
+            with pytest.raises(gt.NotFoundError):
+                await client.request("GET", "/sessions/s_nowhere")
+        seen, transport = _answers(httpx.Response(503, headers={"Retry-After": "0"},
+                                                  json=BUSY),
+                                   httpx.Response(200, json={"status": "ok"}))
+        async with gt.AsyncClient("http://gradtape.test", transport=transport) as mocked:
+            assert await mocked.request("GET", "/health/ready") == {"status": "ok"}
+        assert len(seen) == 2
+
+    asyncio.run(main())
