@@ -113,6 +113,9 @@ class Engine:
         values: dict[str, np.ndarray] = {}
         for name in program.inputs:
             if name not in raw_inputs:
+                if name in program.input_defaults:
+                    values[name] = program.input_defaults[name]
+                    continue
                 raise InvalidGraph(f"input {name!r} has no value; send it under inputs",
                                    loc=(*loc, name))
             declared = program.input_dtypes.get(name)
@@ -157,7 +160,10 @@ class Engine:
 
     def gradient(self, bound: Bound, target: str | Sequence[str],
                  sources: Sequence[str] | None = None, output_gradients: Any = None,
-                 unconnected: str = "none") -> dict[str, Any]:
+                 unconnected: str = "none", stored: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+        """`stored`: values of intermediates computed before (a session's run kept them);
+        with them only the backward pass runs."""
         targets = self._targets(bound, target)
         names = self._sources(bound, sources)
         live = self._live_sources(bound, targets, names)
@@ -165,8 +171,11 @@ class Engine:
         if output_gradients is not None:
             cotangents = self._cotangents(bound, target, targets, output_gradients)
         query = self._query(bound, "gradient", targets, live, with_cotangents=cotangents
-                            is not None)
-        values, grads = self._run(bound, query, self._source_values(bound, live), cotangents)
+                            is not None, stored=tuple(sorted(stored or ())))
+        source_values = self._source_values(bound, live)
+        if stored:
+            bound = Bound(bound.program, {**bound.inputs, **stored}, bound.types, bound.labels)
+        values, grads = self._run(bound, query, source_values, cotangents)
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
         found = dict(zip(live, grads, strict=True))
@@ -391,8 +400,10 @@ class Engine:
         return name
 
     def _sources(self, bound: Bound, sources: Sequence[str] | None) -> tuple[str, ...]:
-        if sources is None:
-            return tuple(n for n in bound.program.inputs if bound.is_float(n))
+        if sources is None:  # inputs with a default (a model's weights) only when named
+            defaults = bound.program.input_defaults
+            return tuple(n for n in bound.program.inputs if bound.is_float(n)
+                         and n not in defaults)
         seen: set[str] = set()
         for i, name in enumerate(sources):
             self._check_defined(bound, name, ("sources", i))

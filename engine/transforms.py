@@ -37,6 +37,7 @@ class Query:
     with_cotangents: bool = False
     mode: str = "rev"
     parts: tuple[str, ...] = ()  # the results to return, for kinds that have several; (): all
+    stored: tuple[str, ...] = ()  # intermediates whose values come with the inputs
 
 
 def targets_of(program: Program, query: Query) -> Callable[..., tuple[Any, ...]]:
@@ -70,6 +71,8 @@ def _evaluate(program: Program, query: Query) -> PureFn:
 
 
 def _gradient(program: Program, query: Query) -> PureFn:
+    if query.stored:
+        return _backward(program, query)
     f = targets_of(program, query)
 
     def fn(inputs: dict[str, Any], literals: tuple[Any, ...], sources: tuple[Any, ...],
@@ -81,6 +84,67 @@ def _gradient(program: Program, query: Query) -> PureFn:
         return values, grads
 
     return fn
+
+
+def _backward(program: Program, query: Query) -> PureFn:
+    """The gradient when the forward pass was run before and its intermediates kept (a
+    session's `run` keeps every result; they come in `inputs`): only the backward pass runs.
+
+    Each equation is pulled back with `jax.vjp` of its primitive at its kept arguments, from
+    the last to the first, accumulating cotangents by name. The primal results that a pullback
+    does not read (a matmul's, say) are dead code that XLA removes, so the forward pass is not
+    computed again; an equation whose result was not kept (the `version + eps` adds of
+    variable sources, or anything else) is evaluated first."""
+    eqns = program.needed(query.targets)
+
+    def fn(inputs: dict[str, Any], literals: tuple[Any, ...], sources: tuple[Any, ...],
+           cotangents: Any) -> Any:
+        env = dict(inputs)
+        run_eqns([e for e in eqns if any(o not in env for o in e.outs)], env, literals)
+        values = tuple(env[t] for t in query.targets)
+        seeds = cotangents if cotangents is not None else tuple(jnp.ones_like(v)
+                                                                   for v in values)
+        cts: dict[str, Any] = {}
+
+        def add(name: str, ct: Any) -> None:
+            cts[name] = cts[name] + ct if name in cts else ct
+
+        for name, seed in zip(query.targets, seeds, strict=True):
+            add(name, seed)
+        for eqn in reversed(eqns):
+            if not eqn.prim.differentiable or not any(o in cts for o in eqn.outs):
+                continue
+            args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
+            at = [i for i, a in enumerate(eqn.args)
+                  if isinstance(a, str) and jnp.issubdtype(args[i].dtype, jnp.inexact)]
+            if not at:
+                continue
+            pullback = _pullback(eqn, args, at)
+            outs = [env[o] for o in eqn.outs]
+            arg_cts = pullback(tuple(cts.get(o, jnp.zeros_like(v))
+                                     for o, v in zip(eqn.outs, outs, strict=True)))
+            for i, ct in zip(at, arg_cts, strict=True):
+                add(eqn.args[i], ct)  # type: ignore[arg-type]
+        grads = tuple(cts[s] if s in cts else jnp.zeros_like(env[s]) for s in query.sources)
+        return values, grads
+
+    return fn
+
+
+def _pullback(eqn: Any, args: list[Any], at: list[int]) -> Callable[[tuple[Any, ...]],
+                                                                    tuple[Any, ...]]:
+    """The VJP of one equation with respect to its arguments at positions `at`."""
+    attrs = dict(eqn.attrs)
+
+    def f(*floats: Any) -> tuple[Any, ...]:
+        full = list(args)
+        for i, value in zip(at, floats, strict=True):
+            full[i] = value
+        out = eqn.prim.bind(*full, **attrs)
+        return tuple(out) if eqn.prim.multi_output else (out,)
+
+    _, vjp = jax.vjp(f, *(args[i] for i in at))
+    return vjp  # type: ignore[no-any-return]
 
 
 def _jacobian(program: Program, query: Query) -> PureFn:

@@ -34,6 +34,7 @@ class Replay:
     zeros: dict[str, tuple[tuple[int, ...], str]]  # eps inputs and intermediate sources
     target: str
     sources: dict[str, str | None]  # source label -> program name (None: not on the tape)
+    produced: dict[str, TensorId]  # program intermediate -> the kept tensor it recomputes
 
 
 def prune(records: Sequence[Record], targets: Iterable[TensorId]) -> list[Record]:
@@ -120,7 +121,8 @@ def build(records: Sequence[Record], target: TensorId,
     target_name = rename.get(target_name, target_name)
     program = Program(tuple(inputs) + tuple(eps), tuple(prelude + eqns), (target_name,),
                       tuple(literals))
-    return Replay(program, input_tids, zeros, target_name, source_names)
+    produced_names = {names[t]: t for t in produced if t in names}
+    return Replay(program, input_tids, zeros, target_name, source_names, produced_names)
 
 
 def _primitive(rec: Record) -> Any:

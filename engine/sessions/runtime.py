@@ -468,7 +468,8 @@ class SessionRuntime:
                                    f"target {clip(target)} has shape {list(tvalue.shape)}",
                                    loc=where)
         if query.live:
-            out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none")
+            out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none",
+                                       stored=self._kept(s, query))
             for label, name in query.live.items():
                 grads[label] = out["gradients"][name]
         return grads, query, cotangent
@@ -631,6 +632,14 @@ class SessionRuntime:
         live = {label: name for label, name in named.items() if name in connected}
         bound.labels.update({name: label for label, name in live.items()})
         return _TapeQuery(bound, rep, live, specs, floats, target_tid)
+
+    @staticmethod
+    def _kept(s: Session, query: _TapeQuery) -> dict[str, np.ndarray]:
+        """The replay's intermediates whose values the session still holds (its runs computed
+        them): the gradient reuses them instead of running the forward pass again."""
+        assert query.replay is not None
+        return {name: s.values[tid] for name, tid in query.replay.produced.items()
+                if tid in s.values}
 
     def _save(self, s: Session, tape: Tape, query: _TapeQuery, grads: Mapping[str, Any],
               save_as: Mapping[str, str], cotangent: np.ndarray | None) -> None:
