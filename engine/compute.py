@@ -173,8 +173,10 @@ class Engine:
         query = self._query(bound, "gradient", targets, live, with_cotangents=cotangents
                             is not None, stored=tuple(sorted(stored or ())))
         source_values = self._source_values(bound, live)
-        if stored:
-            bound = Bound(bound.program, {**bound.inputs, **stored}, bound.types, bound.labels)
+        if stored:  # in name order: the cache key reads the values in dict order
+            bound = Bound(bound.program, {**bound.inputs, **{n: stored[n] for n in
+                                                               sorted(stored)}},
+                          bound.types, bound.labels)
         values, grads = self._run(bound, query, source_values, cotangents)
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
