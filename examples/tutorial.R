@@ -1,121 +1,89 @@
-# The gradtape tutorial in R, with httr2 and jsonlite.
+# The gradtape tutorial in R, with the gradtape package (clients/r).
 #
 # Five parts, each in its own session. Every result is printed as
 # "<part> <label> = <data> <dtype> <shape>", e.g. "part3 dz/dx = 108 float32 []".
+# examples/tutorial_httr2.R makes the same API calls by hand.
 #
+#   R CMD INSTALL clients/r
 #   GRADTAPE_URL=http://127.0.0.1:8000 Rscript examples/tutorial.R
 
-library(httr2)
+library(gradtape)
 
-api <- paste0(Sys.getenv("GRADTAPE_URL", "http://127.0.0.1:8000"), "/v1")
-
-# Send one request; on an HTTP error stop with the problem+json body.
-# Bodies are R lists: unnamed lists become JSON arrays, named lists objects.
-call <- function(method, path, body = NULL) {
-  req <- request(paste0(api, path)) |>
-    req_method(method) |>
-    req_error(is_error = function(resp) FALSE)
-  if (!is.null(body)) req <- req_body_json(req, body)
-  resp <- req_perform(req)
-  if (resp_status(resp) >= 400) {
-    stop(sprintf("%s %s -> HTTP %d\n%s", method, path, resp_status(resp),
-                 resp_body_string(resp)), call. = FALSE)
-  }
-  if (resp_status(resp) == 204) invisible(NULL) else resp_body_json(resp, simplifyVector = FALSE)
+show <- function(label, t) {
+  data <- jsonlite::toJSON(as.array(t), digits = NA, auto_unbox = length(t$shape) == 0)
+  shape <- jsonlite::toJSON(t$shape)
+  cat(sprintf("%s = %s %s %s\n", label, data, t$dtype, shape))
 }
 
-# Run f in a fresh session (given its path, /sessions/{id}); delete it afterwards.
+# Run f with a fresh session; close it afterwards.
 with_session <- function(f) {
-  s <- paste0("/sessions/", call("POST", "/sessions", setNames(list(), character(0)))$session_id)
-  on.exit(call("DELETE", s))
+  s <- gt_session()
+  on.exit(s$close())
   f(s)
 }
 
-put <- function(s, name, value, variable = FALSE) {
-  invisible(call("PUT", paste0(s, "/tensors/", name),
-                 list(value = value, variable = variable, trainable = TRUE)))
-}
-
-# Start recording; returns the tape's path.
-open_tape <- function(s, persistent = FALSE) {
-  paste0(s, "/tapes/", call("POST", paste0(s, "/tapes"), list(persistent = persistent))$tape_id)
-}
-
-watch <- function(tape, ...) invisible(call("POST", paste0(tape, "/watch"), list(tensors = list(...))))
-stop_tape <- function(tape) invisible(call("POST", paste0(tape, "/stop")))
-run <- function(s, ...) invisible(call("POST", paste0(s, "/run"), list(nodes = list(...))))
-node <- function(id, op, ...) list(id = id, op = op, args = list(...))
-
-# The gradient of target with respect to one source, as a tensor (a list).
-gradient <- function(tape, target, source, ...) {
-  body <- list(target = target, sources = list(source), ...)
-  call("POST", paste0(tape, "/gradient"), body)$gradients[[source]]
-}
-
-fmt <- function(v) {
-  if (is.list(v)) paste0("[", paste(vapply(v, fmt, ""), collapse = ","), "]") else format(v)
-}
-show <- function(label, t) cat(sprintf("%s = %s %s %s\n", label, fmt(t$data), t$dtype, fmt(t$shape)))
-
-# x = [[1,1],[1,1]]; watch x; y = reduce_sum(x); z = y * y. Returns the stopped tape.
+# x = [[1,1],[1,1]]; watch x; y = reduce_sum(x); z = y * y.
 record_z <- function(s) {
-  put(s, "x", matrix(1.0, nrow = 2, ncol = 2))
-  tape <- open_tape(s)
-  watch(tape, "x")
-  run(s, node("y", "reduce_sum", "x"), node("z", "multiply", "y", "y"))
-  stop_tape(tape)
-  tape
+  x <- s$constant(matrix(1, nrow = 2, ncol = 2))
+  with(s$GradientTape() %as% tape, {
+    tape$watch(x)
+    y <- gt$reduce_sum(x)
+    z <- y * y
+  })
+  list(tape = tape, x = x, y = y, z = z)
 }
 
 main <- function() {
   with_session(function(s) {
-    tape <- record_z(s)
-    show("part1 dz/dx", gradient(tape, "z", "x"))
+    r <- record_z(s)
+    show("part1 dz/dx", r$tape$gradient(r$z, r$x))
   })
 
   # The same recording; this time the source is the intermediate y.
   with_session(function(s) {
-    tape <- record_z(s)
-    show("part2 dz/dy", gradient(tape, "z", "y"))
+    r <- record_z(s)
+    show("part2 dz/dy", r$tape$gradient(r$z, r$y))
   })
 
   # A persistent tape answers more than one gradient call.
   with_session(function(s) {
-    put(s, "x", 3.0)
-    tape <- open_tape(s, persistent = TRUE)
-    watch(tape, "x")
-    run(s, node("y", "multiply", "x", "x"), node("z", "multiply", "y", "y"))
-    stop_tape(tape)
-    show("part3 dz/dx", gradient(tape, "z", "x"))
-    show("part3 dy/dx", gradient(tape, "y", "x"))
-    call("DELETE", tape)
+    x <- s$constant(3)
+    with(s$GradientTape(persistent = TRUE) %as% tape, {
+      tape$watch(x)
+      y <- x * x
+      z <- y * y
+    })
+    show("part3 dz/dx", tape$gradient(z, x))
+    show("part3 dy/dx", tape$gradient(y, x))
+    tape$close()
   })
 
-  # Control flow stays in the client: the tape records only the ops that ran.
+  # Control flow stays in R: the tape records only the ops that ran.
   for (n in c(6, 5, 4)) {
     with_session(function(s) {
-      put(s, "x", 2.0)
-      put(s, "output", 1.0)
-      tape <- open_tape(s)
-      watch(tape, "x")
-      for (i in seq_len(n)) {
-        if (2 < i && i <= 5) run(s, node("output", "multiply", "output", "x"))
-      }
-      stop_tape(tape)
-      show(sprintf("part4 n=%d doutput/dx", n), gradient(tape, "output", "x"))
+      x <- s$constant(2)
+      output <- s$constant(1)
+      with(s$GradientTape() %as% tape, {
+        tape$watch(x)
+        for (i in seq_len(n)) {
+          if (2 < i && i <= 5) output <- output * x
+        }
+      })
+      show(sprintf("part4 n=%d doutput/dx", n), tape$gradient(output, x))
     })
   }
 
-  # Higher order: t2's gradient is computed while t records, so t can differentiate it.
+  # Higher order: t2's gradient is taken while t records, so t can differentiate it.
   with_session(function(s) {
-    put(s, "x", 1.0, variable = TRUE)  # trainable variables are watched automatically
-    t <- open_tape(s)
-    t2 <- open_tape(s)
-    run(s, node("x2", "multiply", "x", "x"), node("y", "multiply", "x2", "x"))
-    stop_tape(t2)
-    show("part5 dy/dx", gradient(t2, "y", "x", save_as = list(x = "dy_dx")))
-    stop_tape(t)
-    show("part5 d2y/dx2", gradient(t, "dy_dx", "x"))
+    x <- s$Variable(1)  # trainable variables are watched automatically
+    with(s$GradientTape() %as% t, {
+      with(s$GradientTape() %as% t2, {
+        y <- x * x * x
+      })
+      dy_dx <- t2$gradient(y, x)
+    })
+    show("part5 dy/dx", dy_dx)
+    show("part5 d2y/dx2", t$gradient(dy_dx, x))
   })
 }
 

@@ -39,6 +39,8 @@ from typing import IO, Self
 
 import pytest
 
+from tests.runtimes import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "gradtape.conf.template"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -52,9 +54,8 @@ def require(program: str, package: str) -> str:
     """The path of `program`, or a test failure naming the Debian package that has it."""
     found = shutil.which(program, path=_SEARCH_PATH)
     if found is None:
-        pytest.fail(f"{program} not found: install the Debian package '{package}' "
-                    f"(apt-get install --no-install-recommends {package}; bash scripts/test "
-                    "does it)")
+        missing(f"{program} not found (Debian package {package})",
+                f"apt-get install --no-install-recommends {package}")
     return found
 
 

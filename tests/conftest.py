@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from service.config import Settings  # noqa: E402
 from service.main import create_app  # noqa: E402
+from tests.runtimes import missing  # noqa: E402
 
 
 @pytest.fixture
@@ -45,8 +46,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of its own on a free loopback port, for the whole test run."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed: apt-get install -y redis-server "
-                    "(scripts/test does it)")
+        missing("redis-server is not installed", "apt-get install -y redis-server")
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",

@@ -21,12 +21,15 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.runtimes import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 STARTUP_TIMEOUT_S = 60
 EXAMPLE_TIMEOUT_S = 120
 
-R_PACKAGES = "apt-get install -y --no-install-recommends r-base-core r-cran-httr2 r-cran-jsonlite"
+R_PACKAGES = ("apt-get install -y --no-install-recommends r-base-core r-cran-httr2 "
+              "r-cran-jsonlite r-cran-r6")
 
 # name: (command, {program it needs: how to install it})
 EXAMPLE_COMMANDS = {
@@ -45,6 +48,7 @@ EXAMPLE_COMMANDS = {
         {"node": "apt-get install -y nodejs (Node.js 20 or newer, e.g. from NodeSource)"},
     ),
     "r": (["Rscript", "tutorial.R"], {"Rscript": R_PACKAGES}),
+    "r-httr2": (["Rscript", "tutorial_httr2.R"], {"Rscript": R_PACKAGES}),
 }
 
 # (part, label, data, shape): every example prints exactly these lines, in this order.
@@ -122,32 +126,45 @@ def require_tools(name: str) -> list[str]:
     command, needs = EXAMPLE_COMMANDS[name]
     for program, install in needs.items():
         if shutil.which(program) is None:
-            pytest.fail(
-                f"examples/{command[1]} needs `{program}`, which is not on PATH; install: {install}"
-            )
+            missing(f"examples/{command[1]} needs `{program}`, which is not on PATH", install)
     if name == "node":
         version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
         major = int(version.lstrip("v").split(".")[0])
         if major < 20:
-            pytest.fail(
-                f"examples/tutorial.mjs needs Node.js 20 or newer (has built-in fetch); found {version.strip()}"
-            )
-    if name == "r":
+            missing("examples/tutorial.mjs needs Node.js 20 or newer (has built-in fetch); "
+                    f"found {version.strip()}", "a Node.js 20+ package, e.g. from NodeSource")
+    if name.startswith("r"):
         check = subprocess.run(
-            ["Rscript", "-e", "library(httr2); library(jsonlite)"], capture_output=True, text=True
+            ["Rscript", "-e", "library(httr2); library(jsonlite); library(R6)"],
+            capture_output=True, text=True
         )
         if check.returncode != 0:
-            pytest.fail(
-                f"examples/tutorial.R needs the R packages httr2 and jsonlite; install: {R_PACKAGES}\n{check.stderr}"
-            )
+            missing(f"examples/{command[1]} needs the R packages httr2, jsonlite and R6\n"
+                    f"{check.stderr}", R_PACKAGES)
     return command
 
 
-def run_example(name: str, url: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def r_library(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The R client package (clients/r) installed into a library of its own."""
+    library = tmp_path_factory.mktemp("r-library")
+    install = subprocess.run(
+        ["R", "CMD", "INSTALL", "--no-test-load", f"--library={library}",
+         str(ROOT / "clients" / "r")], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, f"R CMD INSTALL clients/r failed:\n{install.stderr}"
+    return str(library)
+
+
+def run_example(name: str, url: str, request: pytest.FixtureRequest
+                ) -> subprocess.CompletedProcess[str]:
+    command = require_tools(name)
+    env = {**os.environ, "GRADTAPE_URL": url}
+    if name == "r":  # library(gradtape)
+        env["R_LIBS"] = request.getfixturevalue("r_library")
     return subprocess.run(
-        require_tools(name),
+        command,
         cwd=EXAMPLES,
-        env={**os.environ, "GRADTAPE_URL": url},
+        env=env,
         capture_output=True,
         text=True,
         timeout=EXAMPLE_TIMEOUT_S,
@@ -155,8 +172,9 @@ def run_example(name: str, url: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("name", list(EXAMPLE_COMMANDS))
-def test_example_prints_tutorial_values(name: str, server: str) -> None:
-    result = run_example(name, server)
+def test_example_prints_tutorial_values(name: str, server: str,
+                                        request: pytest.FixtureRequest) -> None:
+    result = run_example(name, server, request)
     assert result.returncode == 0, (
         f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     )
@@ -177,9 +195,10 @@ def test_example_prints_tutorial_values(name: str, server: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(EXAMPLE_COMMANDS))
-def test_example_reports_http_errors(name: str, server: str) -> None:
+def test_example_reports_http_errors(name: str, server: str,
+                                     request: pytest.FixtureRequest) -> None:
     # Under a wrong base path every call is a 404: the example must stop and say so.
-    result = run_example(name, f"{server}/no-such-prefix")
+    result = run_example(name, f"{server}/no-such-prefix", request)
     assert result.returncode != 0, result.stdout
     assert "404" in result.stderr, result.stderr
     assert not any(line.startswith("part") for line in result.stdout.splitlines()), result.stdout

@@ -810,7 +810,7 @@ def test_backward_from_kept_intermediates_matches_jax(sources: list[str]) -> Non
 def test_backward_from_kept_intermediates_skips_the_forward_matmuls() -> None:
     from engine.transforms import BUILDERS
 
-    engine, bound, kept = _chain()
+    _, bound, kept = _chain()
     program = bound.program
     sources = ("w1", "w2")
 
