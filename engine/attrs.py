@@ -191,3 +191,29 @@ class NormOrd(Attr):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return value
         raise AttrError(f"expected a number, 'fro', 'nuc', 'inf' or '-inf', got {value!r}")
+
+
+@dataclass(frozen=True)
+class Padding(Attr):
+    """Window padding: "SAME" (output size ceil(n / stride), the extra on the high side),
+    "SAME_LOWER" (the extra on the low side), "VALID" (none), or explicit [[lo, hi], ...] pairs,
+    one per spatial axis."""
+
+    kind = "padding"
+    choices = ("SAME", "SAME_LOWER", "VALID")
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.upper() not in self.choices:
+                raise AttrError(f"must be one of {', '.join(self.choices)} or a list of "
+                                f"[lo, hi] pairs; got {value!r}")
+            return value.upper()
+        if isinstance(value, list | tuple) and all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(
+                    _is_int(v) and v >= 0 for v in p) for p in value):
+            return tuple(tuple(p) for p in value)
+        raise AttrError(f"expected \"SAME\", \"SAME_LOWER\", \"VALID\" or a list of [lo, hi] "
+                        f"pairs of non-negative integers, got {value!r}")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "choices": list(self.choices)}

@@ -63,6 +63,14 @@ def eqn_flops(eqn: Eqn, args: list[Any], outs: list[Any]) -> int:
     if work == "contract" and len(args) >= 2 and out:
         k = math.isqrt(max(sizes[0] * sizes[1] // out, 1))
         return 2 * out * max(k, 1)
+    if work == "conv" and len(args) == 2 and outs and outs[0].shape:
+        # each result element is a dot product over one group's kernel: (C / groups) * prod(k)
+        channels_last = dict(eqn.attrs).get("layout") == "channels_last"
+        out_channels = outs[0].shape[-1 if channels_last else 1]
+        return 2 * out * max(sizes[1] // max(out_channels, 1), 1)
+    if work == "window" and args:
+        # each result element reads one window
+        return max(out * math.prod(dict(eqn.attrs).get("window", ())), sizes[0])
     if work == "cubic" and args and hasattr(args[0], "shape") and args[0].shape:
         n = args[0].shape[-1]
         return max(sizes[0] * n, out)

@@ -17,7 +17,7 @@ import orjson
 
 from engine.attrs import AttrError
 from engine.dtypes import DTYPES
-from engine.errors import InvalidGraph, TooLarge, clip
+from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.ops import Op, lookup, suggest
 from engine.program import Eqn, Program
 from engine.tensors import decode, encode, is_tensor_object
@@ -142,7 +142,7 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
             raise TooLarge(f"the graph's nodes have {edges} arguments in all; the limit is "
                            f"{max_edges} (GRADTAPE_MAX_EDGES)", loc=("nodes",))
     declared = graph.get("inputs")
-    inputs, dtypes, shapes = _parse_inputs(declared)
+    inputs, dtypes, shapes, defaults = _parse_inputs(declared, max_elements)
     implicit_inputs = declared is None
     defined: set[str] = set(inputs)
     later = {o for n in nodes if isinstance(n, dict) for o in _ids(n.get("id"))}
@@ -179,7 +179,8 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
             defined.add(out)
         eqns.append(Eqn(res.op, res.attrs, tuple(args), res.outs, res.node))
     outputs = _parse_outputs(graph.get("outputs"), defined, eqns)
-    return Program(tuple(inputs), tuple(eqns), outputs, tuple(literals), dtypes, shapes)
+    return Program(tuple(inputs), tuple(eqns), outputs, tuple(literals), dtypes, shapes,
+                   defaults)
 
 
 def _ids(ident: Any) -> tuple[str, ...]:
@@ -199,23 +200,25 @@ def _undefined(name: str, node: str, later: set[str], implicit: bool) -> str:
     return f"undefined name {clip(name)}: {fix}"
 
 
-def _parse_inputs(declared: Any) -> tuple[list[str], dict[str, str | None],
-                                          dict[str, tuple[int, ...] | None]]:
+def _parse_inputs(declared: Any, max_elements: int
+                  ) -> tuple[list[str], dict[str, str | None], dict[str, tuple[int, ...] | None],
+                             dict[str, np.ndarray]]:
     if declared is None:
-        return [], {}, {}
+        return [], {}, {}, {}
     if not isinstance(declared, dict):
         raise InvalidGraph("inputs must be an object: {name: {dtype, shape}}", loc=("inputs",))
     dtypes: dict[str, str | None] = {}
     shapes: dict[str, tuple[int, ...] | None] = {}
+    defaults: dict[str, np.ndarray] = {}
     for name, spec in declared.items():
         spec = spec or {}
         if not isinstance(spec, dict):
-            raise InvalidGraph("an input spec is an object {dtype?, shape?}",
+            raise InvalidGraph("an input spec is an object {dtype?, shape?, default?}",
                                loc=("inputs", name))
-        unknown = set(spec) - {"dtype", "shape"}
+        unknown = set(spec) - {"dtype", "shape", "default"}
         if unknown:
-            raise InvalidGraph(f"unknown input field(s) {clip(sorted(unknown))}; an input has dtype "
-                               "and shape", loc=("inputs", name))
+            raise InvalidGraph(f"unknown input field(s) {clip(sorted(unknown))}; an input has dtype, "
+                               "shape and default", loc=("inputs", name))
         dtype = spec.get("dtype")
         if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
             raise InvalidGraph(f"unknown dtype {clip(dtype)}; use one of {', '.join(DTYPES)}",
@@ -227,7 +230,27 @@ def _parse_inputs(declared: Any) -> tuple[list[str], dict[str, str | None],
                                loc=("inputs", name, "shape"))
         dtypes[name] = dtype
         shapes[name] = tuple(shape) if shape is not None else None
-    return list(declared), dtypes, shapes
+        if spec.get("default") is not None:
+            defaults[name] = _parse_default(name, spec["default"], dtype, shapes[name],
+                                            max_elements)
+    return list(declared), dtypes, shapes, defaults
+
+
+def _parse_default(name: str, value: Any, dtype: str | None, shape: tuple[int, ...] | None,
+                   max_elements: int) -> np.ndarray:
+    """An input's default value, checked against its declared dtype and shape; read-only,
+    since every request that leaves the input out shares it."""
+    loc = ("inputs", name, "default")
+    try:
+        array = decode(value, loc, dtype=dtype, max_elements=max_elements)
+    except InvalidTensor as exc:
+        raise InvalidGraph(f"the default of input {clip(name)}: {exc.detail}", loc=exc.loc
+                           ) from None
+    if shape is not None and array.shape != shape:
+        raise InvalidGraph(f"the default of input {clip(name)} has shape {list(array.shape)}, "
+                           f"but the input is declared with shape {list(shape)}", loc=loc)
+    array.flags.writeable = False
+    return array
 
 
 def _parse_outputs(outputs: Any, defined: set[str], eqns: list[Eqn]) -> tuple[str, ...]:
@@ -246,7 +269,8 @@ def _parse_outputs(outputs: Any, defined: set[str], eqns: list[Eqn]) -> tuple[st
 
 def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]:
     """A normal form of the graph: canonical op names, attributes with defaults dropped,
-    constants as explicit tensor objects, declared inputs, explicit outputs."""
+    constants as explicit tensor objects, declared inputs (with their default values as raw
+    bytes, where they have one), explicit outputs."""
     nodes = []
     for eqn in program.eqns:
         args: list[Any] = []
@@ -264,9 +288,12 @@ def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]
         if attrs:
             node["attrs"] = attrs
         nodes.append(node)
-    inputs = {n: {"dtype": program.input_dtypes.get(n),
-                  "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}
-              for n in program.inputs}
+    inputs: dict[str, dict[str, Any]] = {
+        n: {"dtype": program.input_dtypes.get(n),
+            "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}
+        for n in program.inputs}
+    for name, value in program.input_defaults.items():  # only then: other ids stay as they were
+        inputs[name]["default"] = encode(value, encoding="base64")
     return {"inputs": inputs, "nodes": nodes, "outputs": list(program.outputs)}
 
 

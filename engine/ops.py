@@ -9,6 +9,7 @@ adding an op is adding one line here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import jax.scipy.special as jss
+import numpy as np
 
 from engine.attrs import (
     Attr,
@@ -28,6 +30,7 @@ from engine.attrs import (
     IntList,
     IntOrIntList,
     NormOrd,
+    Padding,
     Str,
 )
 
@@ -118,6 +121,122 @@ def _split(x: Any, indices_or_sections: Any, axis: int = 0) -> tuple[Any, ...]:
 
 def _triangular_solve(a: Any, b: Any, lower: bool = True, adjoint: bool = False) -> Any:
     return jsl.solve_triangular(a, b, lower=lower, trans=1 if adjoint else 0)
+
+
+# ----- windows (convolution, pooling): NCHW / OIHW by default, NHWC / HWIO when channels_last
+
+LAYOUTS = ("channels_first", "channels_last")
+
+
+def _spatial(x: Any, layout: str, what: str) -> int:
+    """The number of spatial axes of an N, C, spatial... (or N, spatial..., C) tensor."""
+    if x.ndim < 3:
+        raise ValueError(f"{what} takes a tensor with batch, channel and at least one spatial "
+                         f"axis ({'NCW' if layout == 'channels_first' else 'NWC'}, ...); got "
+                         f"{x.ndim} axes")
+    return int(x.ndim) - 2
+
+
+def _per_axis(name: str, value: tuple[int, ...] | None, n: int, default: int | tuple[int, ...]
+              ) -> tuple[int, ...]:
+    if value is None:
+        return (default,) * n if isinstance(default, int) else default
+    if len(value) != n:
+        raise ValueError(f"attribute {name!r} needs one entry per spatial axis ({n}), got "
+                         f"{len(value)}")
+    return tuple(value)
+
+
+def _pads(padding: Any, n: int) -> Any:
+    if isinstance(padding, str):
+        return padding
+    if len(padding) != n:
+        raise ValueError(f"attribute 'padding' needs one [lo, hi] pair per spatial axis ({n}), "
+                         f"got {len(padding)}")
+    return tuple(tuple(p) for p in padding)
+
+
+def _conv(x: Any, w: Any, strides: tuple[int, ...] | None = None, padding: Any = "VALID",
+          dilation: tuple[int, ...] | None = None, groups: int = 1,
+          layout: str = "channels_first") -> Any:
+    n = _spatial(x, layout, "conv")
+    if w.ndim != x.ndim:
+        raise ValueError(f"the kernel needs {x.ndim} axes like the input "
+                         f"({'O, I' if layout == 'channels_first' else 'spatial..., I, O'} and "
+                         f"{n} spatial), got {w.ndim}")
+    first = layout == "channels_first"
+    channels = x.shape[1] if first else x.shape[-1]
+    per_group, out_channels = (w.shape[1], w.shape[0]) if first else (w.shape[-2], w.shape[-1])
+    if channels != per_group * groups or out_channels % groups:
+        raise ValueError(f"attribute 'groups' ({groups}): the input's {channels} channels must "
+                         f"be groups x the kernel's input channels ({per_group}), and the "
+                         f"kernel's {out_channels} output channels a multiple of groups")
+    spatial = tuple(range(2, n + 2))
+    io = (0, 1, *spatial) if first else (n + 1, n, *range(n))
+    data = (0, 1, *spatial) if first else (0, n + 1, *range(1, n + 1))
+    dtype = jnp.result_type(x, w)
+    return jax.lax.conv_general_dilated(
+        x.astype(dtype), w.astype(dtype), _per_axis("strides", strides, n, 1),
+        _pads(padding, n), rhs_dilation=_per_axis("dilation", dilation, n, 1),
+        dimension_numbers=jax.lax.ConvDimensionNumbers(data, io, data),
+        feature_group_count=groups)
+
+
+def _window(x: Any, window: tuple[int, ...], strides: tuple[int, ...] | None, padding: Any,
+            layout: str, what: str) -> tuple[tuple[int, ...], tuple[int, ...], Any]:
+    """Window, strides and pads over every axis of x (1 and none on the batch and channel
+    axes); strides default to the window, as in Keras and PyTorch."""
+    n = _spatial(x, layout, what)
+    window = _per_axis("window", window, n, 1)
+    strides = _per_axis("strides", strides, n, window)
+    if isinstance(padding, str):
+        pads = [tuple(p) for p in jax.lax.padtype_to_pads(
+            x.shape[2:] if layout == "channels_first" else x.shape[1:-1], window, strides,
+            padding)]
+    else:
+        pads = list(_pads(padding, n))
+    if layout == "channels_first":
+        return (1, 1, *window), (1, 1, *strides), ((0, 0), (0, 0), *pads)
+    return (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
+
+
+def _max_pool(x: Any, window: tuple[int, ...], strides: tuple[int, ...] | None = None,
+              padding: Any = "VALID", layout: str = "channels_first") -> Any:
+    dims, steps, pads = _window(x, window, strides, padding, layout, "max_pool")
+    lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return jax.lax.reduce_window(x, jnp.array(lowest, x.dtype), jax.lax.max, dims, steps, pads)
+
+
+def _avg_pool(x: Any, window: tuple[int, ...], strides: tuple[int, ...] | None = None,
+              padding: Any = "VALID", count_include_pad: bool = False,
+              layout: str = "channels_first") -> Any:
+    dims, steps, pads = _window(x, window, strides, padding, layout, "avg_pool")
+    total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, dims, steps, pads)
+    if count_include_pad:
+        return total / math.prod(dims)
+    # the number of real (unpadded) elements under each window: a constant of the shapes
+    ones = np.ones([1 if d == 1 else s for d, s in zip(dims, x.shape, strict=True)])
+    counts = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, steps, pads)
+    return total / counts.astype(total.dtype)
+
+
+def _batch_norm(x: Any, scale: Any, bias: Any, mean: Any, variance: Any, epsilon: float = 1e-5,
+                axis: int = 1) -> Any:
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"attribute 'axis' ({axis}) is out of range for {x.ndim} axes")
+    axis %= x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    for name, p in (("scale", scale), ("bias", bias), ("mean", mean), ("variance", variance)):
+        if jnp.shape(p) not in ((), (x.shape[axis],)):
+            raise ValueError(f"{name} has shape {list(jnp.shape(p))}; it needs one entry per "
+                             f"channel ({x.shape[axis]}, the size of axis {axis})")
+
+    def per_channel(p: Any) -> Any:
+        return jnp.reshape(p, shape) if jnp.ndim(p) else p
+
+    inv = jax.lax.rsqrt(per_channel(variance) + epsilon) * per_channel(scale)
+    return (x - per_channel(mean)) * inv + per_channel(bias)
 
 
 # ----- Binary elementwise (NumPy broadcasting) -----
@@ -336,6 +455,29 @@ op("triangular_solve", _triangular_solve, 2,
    "x such that a @ x = b for triangular a (a^T @ x = b when adjoint).",
    "linalg.triangular_solve", "solve_triangular", work="cubic",
    attrs={"lower": Bool(True), "adjoint": Bool(False)})
+
+# ----- Convolution and pooling (layout NCHW / OIHW, or NHWC / HWIO with channels_last) -----
+section("convolution and pooling")
+WINDOW = {"strides": IntList(None, "step per spatial axis (default 1 for conv, the window for "
+                             "pools)", minimum=1),
+          "padding": Padding("VALID"),
+          "layout": Str("channels_first", "NCHW input (OIHW kernel) or NHWC (HWIO)",
+                        choices=LAYOUTS)}
+op("conv", _conv, 2,
+   "N-d cross-correlation: y[n, o, p] = sum_{c, k} x[n, c, p * strides + k * dilation] w[o, c, k] "
+   "(c over o's group).", work="conv",
+   attrs={**WINDOW, "dilation": IntList(None, "kernel dilation per spatial axis", minimum=1),
+          "groups": Int(1, "feature groups (channels for a depthwise conv)", minimum=1)})
+op("max_pool", _max_pool, 1, "Maximum over each window of the spatial axes.", work="window",
+   attrs={"window": IntList(doc="size per spatial axis", minimum=1), **WINDOW})
+op("avg_pool", _avg_pool, 1,
+   "Mean over each window of the spatial axes (padding counted only with count_include_pad).",
+   work="window",
+   attrs={"window": IntList(doc="size per spatial axis", minimum=1), **WINDOW,
+          "count_include_pad": Bool(False, "divide by the full window size at the borders")})
+op("batch_norm", _batch_norm, 5,
+   "Inference batch norm: (x - mean) / sqrt(variance + epsilon) * scale + bias, per channel.",
+   attrs={"epsilon": Float(1e-5), "axis": Int(1, "the channel axis")})
 
 # ----- Types and gradient control -----
 section("types and gradient control")

@@ -70,6 +70,8 @@ class Program:
     literals: tuple[Any, ...] = ()
     input_dtypes: Mapping[str, str | None] = field(default_factory=dict)
     input_shapes: Mapping[str, tuple[int, ...] | None] = field(default_factory=dict)
+    input_defaults: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Values of the inputs that a request may leave out (a model's weights)."""
 
     @cached_property
     def structure_key(self) -> str:

@@ -109,7 +109,8 @@ class GraphRegistry:
                 return known, False
         blob = orjson.dumps(graph, option=orjson.OPT_SERIALIZE_NUMPY)
         size = len(blob) + EQN_OVERHEAD * len(program.eqns) + sum(
-            getattr(lit, "nbytes", 8) for lit in program.literals)
+            getattr(lit, "nbytes", 8) for lit in program.literals) + sum(
+            value.nbytes for value in program.input_defaults.values())
         if size > self.max_bytes:
             raise TooLarge(f"the graph takes {human_bytes(size)} to keep; registered graphs "
                            f"hold at most {human_bytes(self.max_bytes)} "

@@ -109,6 +109,66 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _same_pads(size: int, k: int, stride: int, lower: bool = False) -> tuple[int, int]:
+    """TensorFlow's SAME rule: ceil(size / stride) outputs, the odd extra pad on the high side
+    (on the low side for SAME_LOWER)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    small, big = total // 2, total - total // 2
+    return (big, small) if lower else (small, big)
+
+
+def np_conv(x: np.ndarray, w: np.ndarray, strides: Any = None, pads: Any = None,
+            dilation: Any = None, groups: int = 1) -> np.ndarray:
+    """Cross-correlation of NC... x with OI... w by explicit loops over output positions and
+    kernel taps (each tap a matrix-vector product over one group's channels)."""
+    n = x.ndim - 2
+    strides = strides or (1,) * n
+    dilation = dilation or (1,) * n
+    pads = pads or ((0, 0),) * n
+    xp = np.pad(x, ((0, 0), (0, 0), *pads))
+    out_channels, per_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    size = [(xp.shape[2 + i] - (kernel[i] - 1) * dilation[i] - 1) // strides[i] + 1
+            for i in range(n)]
+    y = np.zeros((x.shape[0], out_channels, *size))
+    for o in range(out_channels):
+        g = o // (out_channels // groups)
+        channels = slice(g * per_group, (g + 1) * per_group)
+        for pos in np.ndindex(*size):
+            for tap in np.ndindex(*kernel):
+                at = tuple(pos[i] * strides[i] + tap[i] * dilation[i] for i in range(n))
+                y[(slice(None), o, *pos)] += xp[(slice(None), channels, *at)] @ w[(o, slice(None), *tap)]
+    return y
+
+
+def np_pool(x: np.ndarray, window: Any, strides: Any, pads: Any, how: str) -> np.ndarray:
+    """Max or mean over each window of the spatial axes of an NC... x, by explicit loops;
+    padded cells are NaN and left out ('mean') or counted as zeros ('mean_with_pads')."""
+    n = x.ndim - 2
+    xp = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=np.nan)
+    size = [(xp.shape[2 + i] - window[i]) // strides[i] + 1 for i in range(n)]
+    y = np.zeros((*x.shape[:2], *size))
+    for pos in np.ndindex(*size):
+        cells = xp[(slice(None), slice(None), *(slice(p * s, p * s + k) for p, s, k in
+                                                zip(pos, strides, window, strict=True)))]
+        flat = cells.reshape(*x.shape[:2], -1)
+        if how == "max":
+            y[(slice(None), slice(None), *pos)] = np.nanmax(flat, -1)
+        elif how == "mean":
+            y[(slice(None), slice(None), *pos)] = np.nanmean(flat, -1)
+        else:
+            y[(slice(None), slice(None), *pos)] = np.nansum(flat, -1) / flat.shape[-1]
+    return y
+
+
+def np_batch_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+                  var: np.ndarray, eps: float) -> np.ndarray:
+    y = np.empty_like(x)
+    for c in range(x.shape[1]):
+        y[:, c] = (x[:, c] - mean[c]) / math.sqrt(var[c] + eps) * scale[c] + bias[c]
+    return y
+
+
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 
@@ -307,6 +367,18 @@ SPECS: dict[str, Spec] = {
     "cholesky": un(np.linalg.cholesky, spd(3)),
     "triangular_solve": S(lambda a, b: np.linalg.solve(a.T, b), lower(3), U((3, 2)),
                           attrs={"adjoint": True}),
+    # convolution and pooling (NCHW / OIHW)
+    "conv": S(lambda x, w: np_conv(x, w, (2, 1), ((1, 0), (2, 1)), (1, 2), 2), U((2, 4, 5, 4)),
+              U((4, 2, 3, 2)), attrs={"strides": [2, 1], "padding": [[1, 0], [2, 1]],
+                                      "dilation": [1, 2], "groups": 2}),
+    "max_pool": un(lambda x: np_pool(x, (2, 3), (2, 1), ((1, 0), (0, 1)), "max"),
+                   sep((1, 2, 5, 4)), attrs={"window": [2, 3], "strides": [2, 1],
+                                             "padding": [[1, 0], [0, 1]]}),
+    "avg_pool": un(lambda x: np_pool(x, (2, 2), (1, 2), ((1, 1), (0, 1)), "mean"),
+                   U((2, 2, 3, 5)), attrs={"window": [2, 2], "strides": [1, 2],
+                                           "padding": [[1, 1], [0, 1]]}),
+    "batch_norm": S(lambda x, g, b, m, v: np_batch_norm(x, g, b, m, v, 0.1), U((2, 3, 4)),
+                    U((3,)), U((3,)), U((3,)), U((3,), 0.5, 2.0), attrs={"epsilon": 0.1}),
     # types and gradient control: cast goes through float32, so its (linear) finite
     # differences take a large step and a float32 tolerance
     "cast": un(lambda x: x.astype(np.float32), attrs={"dtype": "float32"}, grad_tol=1e-5,
@@ -323,7 +395,7 @@ SPECS: dict[str, Spec] = {
 PIECEWISE = {"abs", "relu", "relu6", "leaky_relu", "maximum", "minimum", "max", "min", "clip",
              "mod", "sort"}
 FLOAT32_OPS = ["add", "add_n", "where", "exp", "tanh", "logsumexp", "matmul", "softmax", "sort",
-               "cholesky", "split", "mean"]
+               "cholesky", "split", "mean", "conv", "max_pool", "avg_pool", "batch_norm"]
 DIFFERENTIABLE = [n for n, o in OPS.items() if o.differentiable]
 TWICE = [n for n in DIFFERENTIABLE if n not in PIECEWISE]
 NONDIFF = [n for n, o in OPS.items() if not o.differentiable]

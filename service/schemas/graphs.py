@@ -14,6 +14,9 @@ from service.schemas.tensors import DType, Shape, Tensor
 class InputSpec(Strict):
     dtype: DType | None = None
     shape: Shape | None = Field(None, description="taken from the value when left out")
+    default: Tensor | None = Field(None, description="the value used when a request does not "
+                                   "send this input (a model's weights); such inputs are "
+                                   "differentiated only when named in sources")
 
 
 class Node(Strict):
