@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -40,8 +40,17 @@ class PutTensor(Strict):
     trainable: StrictBool = True
 
 
+# What the runtime checks, said in JSON Schema: something to do (nodes, inputs or a watch).
+SOMETHING_TO_RUN: list[Any] = [
+    {"required": ["nodes"], "properties": {"nodes": {"minItems": 1}}},
+    {"required": ["inputs"], "properties": {"inputs": {"minProperties": 1}}},
+    {"required": ["watch"], "properties": {"watch": {"minProperties": 1}}},
+]
+
+
 class RunRequest(Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN],
+                                                 "anyOf": SOMETHING_TO_RUN})
 
     nodes: list[Node] = Field(default_factory=list, description="run in order; an id may "
                               "rebind a name; assign, assign_add and assign_sub update a "
