@@ -520,6 +520,69 @@ def _decode_b64(text: Any, dtype: np.dtype, shape: tuple[int, ...] | None,
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
+# ----- tensors sent as bytes beside a JSON header -----
+
+BINARY_KEYS = {"dtype", "shape", "parameters"}
+
+
+def attach_binary(header: Any, blob: memoryview) -> Any:
+    """Replace each binary tensor reference in a parsed JSON `header` by the array it names.
+
+    The Open Inference Protocol's binary tensor extension: a tensor object
+    `{"dtype", "shape", "parameters": {"binary_data_size": n}}` has no data of its own; its n
+    bytes (little-endian, row-major) follow the JSON header, in the order the references
+    appear in it. Every byte of `blob` must belong to one tensor."""
+    offset = 0
+
+    def walk(node: Any, loc: Loc) -> Any:
+        nonlocal offset
+        if isinstance(node, list):
+            return [walk(v, (*loc, i)) for i, v in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        params = node.get("parameters")
+        if isinstance(params, dict) and "binary_data_size" in params:
+            array, size = _binary_tensor(node, blob, offset, loc)
+            offset += size
+            return array
+        return {k: walk(v, (*loc, k)) for k, v in node.items()}
+
+    out = walk(header, ())
+    if offset != len(blob):
+        raise InvalidTensor(f"the binary part of the body has {len(blob)} bytes, but its "
+                            f"tensors' binary_data_size add up to {offset}; every byte after "
+                            "the JSON header must belong to one tensor")
+    return out
+
+
+def _binary_tensor(obj: dict[str, Any], blob: memoryview, offset: int,
+                   loc: Loc) -> tuple[np.ndarray, int]:
+    unknown = set(obj) - BINARY_KEYS
+    if unknown:
+        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
+        raise InvalidTensor(f"field(s) {names} beside binary data; a binary tensor has "
+                            "dtype, shape and parameters.binary_data_size only", loc=loc)
+    name = obj.get("dtype", DEFAULT_FLOAT)
+    dtype = DTYPES.get(name) if type(name) is str else None
+    if dtype is None:
+        raise InvalidTensor(f"unknown dtype {clip(name)}; use one of {', '.join(DTYPES)}",
+                            loc=(*loc, "dtype"))
+    shape = _check_shape(obj.get("shape"), loc, None)
+    if shape is None:
+        raise InvalidTensor("'shape' is required with binary data", loc=(*loc, "shape"))
+    size = obj["parameters"]["binary_data_size"]
+    where = (*loc, "parameters", "binary_data_size")
+    expected = math.prod(shape) * dtype.itemsize
+    if type(size) is not int or size != expected:
+        raise InvalidTensor(f"binary_data_size is {clip(size)}; shape {list(shape)} of "
+                            f"{dtype.name} takes {expected} bytes", loc=where)
+    if offset + size > len(blob):
+        raise InvalidTensor(f"the binary part ends {offset + size - len(blob)} bytes before "
+                            "this tensor's data does", loc=where)
+    raw = blob[offset:offset + size]
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape), size
+
+
 # ----- limits and messages -----
 
 _NONFINITE_NAMES = '"NaN", "Infinity" and "-Infinity"'

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors
+from service import bodies, errors
+from service.bodies import BINARY_HEADER
 from service.routes.differentiation import Stateless
 from service.state import Services
 
@@ -36,7 +37,7 @@ class StatelessFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = self.routes.get(scope.get("path", "")) if scope["type"] == "http" and \
             scope["method"] == "POST" else None
-        if entry is None or not _json(scope):
+        if entry is None or not (_json(scope) or BINARY_HEADER in dict(scope["headers"])):
             await self.app(scope, receive, send)
             return
         stateless, route = entry
@@ -50,9 +51,12 @@ class StatelessFastPath:
             return
         replay = _replay(body, receive)
         try:
-            req = stateless.model.model_validate(orjson.loads(body))
+            req = stateless.model.model_validate(bodies.parse(scope, body))
         except (orjson.JSONDecodeError, ValidationError):
             await self.app(scope, replay, send)  # FastAPI words the 400 or 422
+            return
+        except Exception as exc:  # a binary part that does not match its header
+            await (await errors.answer(Request(scope, replay), exc))(scope, replay, send)
             return
         try:
             response = await stateless.answer(self.services, req, len(body))

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from service import bodies
+
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
@@ -30,7 +32,7 @@ class _OrjsonRequest(Request):
     async def json(self) -> Any:
         # orjson's JSONDecodeError subclasses json's, so FastAPI reports it as malformed JSON
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())
+            self._json = bodies.parse(self.scope, await self.body())
         return self._json
 
 
@@ -45,8 +47,14 @@ class FastRoute(APIRoute):
         media_types = {"application/json", *declared} if self.body_field or declared else None
 
         async def route(request: Request) -> Any:
-            request = _OrjsonRequest(request.scope, request.receive)
-            if media_types is not None:
+            scope = request.scope
+            if media_types is not None and bodies.binary_header_length(scope) is not None:
+                # a JSON header with binary tensors: parsed as JSON is (bodies.parse)
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
+                                              if k != b"content-type"]
+                         + [(b"content-type", b"application/json")]}
+            request = _OrjsonRequest(scope, request.receive)
+            if media_types is not None and bodies.binary_header_length(request.scope) is None:
                 given = request.headers.get("content-type", "")
                 if not _accepted(given, media_types) and await request.body():
                     sent = given.split(";", 1)[0].strip()[:100] or "a body without Content-Type"
