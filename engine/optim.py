@@ -60,9 +60,10 @@ def check(method: Any, learning_rate: Any, options: Mapping[str, Any]
 @lru_cache(maxsize=256)
 def rule(method: str, learning_rate: float, options: tuple[tuple[str, Any], ...],
          shape: tuple[int, ...], dtype: str) -> tuple[Callable[[], list[np.ndarray]],
-                                                      Callable[..., Any]]:
-    """(init, update) for one variable's type: `init()` gives the state's leaves;
-    `update(value, gradient, *leaves)` gives the new value and the new leaves, compiled."""
+                                                      Callable[..., Any], Callable[..., Any]]:
+    """(init, update, pure update) for one variable's type: `init()` gives the state's
+    leaves; `update(value, gradient, *leaves)` gives the new value and the new leaves,
+    compiled (the third is the same function before `jax.jit`, to compose)."""
     opt = METHODS[method](learning_rate=learning_rate, **dict(options))
     zeros = jnp.zeros(shape, dtype)
     treedef = jax.tree_util.tree_structure(opt.init(zeros))
@@ -70,10 +71,27 @@ def rule(method: str, learning_rate: float, options: tuple[tuple[str, Any], ...]
     def init() -> list[np.ndarray]:
         return [np.array(leaf) for leaf in jax.tree_util.tree_leaves(opt.init(zeros))]
 
-    @jax.jit
     def update(value: Any, gradient: Any, *leaves: Any) -> tuple[Any, list[Any]]:
         state = jax.tree_util.tree_unflatten(treedef, leaves)
         updates, new_state = opt.update(gradient.astype(value.dtype), state, value)
         return optax.apply_updates(value, updates), jax.tree_util.tree_leaves(new_state)
 
-    return init, update
+    return init, jax.jit(update), update
+
+
+@lru_cache(maxsize=256)
+def rule_many(method: str, learning_rate: float, options: tuple[tuple[str, Any], ...],
+              types: tuple[tuple[tuple[int, ...], str], ...]) -> Callable[..., Any]:
+    """One compiled update of several variables, each with its own state (as `rule`'s update
+    applied to each in turn, so a variable's state never depends on the others'):
+    `update(values, gradients, leaves)` -> (new values, new leaves), all tuples."""
+    updates = [rule(method, learning_rate, options, shape, dtype)[2] for shape, dtype in types]
+
+    @jax.jit
+    def update(values: tuple[Any, ...], gradients: tuple[Any, ...],
+               leaves: tuple[tuple[Any, ...], ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        out = [u(v, g, *ls) for u, v, g, ls in zip(updates, values, gradients, leaves,
+                                                    strict=True)]
+        return tuple(o[0] for o in out), tuple(tuple(o[1]) for o in out)
+
+    return update

@@ -327,14 +327,17 @@ class SessionRuntime:
         self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
                                 sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
                                 for h in updates))
-        for handle, grad in updates.items():
+        handles = list(updates)
+        values = tuple(s.values[s.variables[h].current] for h in handles)
+        update = optim.rule_many(opt.method, float(opt.learning_rate), opt.options,
+                                 tuple((tuple(v.shape), v.dtype.name) for v in values))
+        new_values, new_leaves = update(values, tuple(updates[h] for h in handles), tuple(
+            tuple(s.values[t] for t in opt.state[h]) for h in handles))  # one compiled call
+        for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
-            update = self._rule(s, opt.options, opt.method, opt.learning_rate, handle)[1]
-            new_value, new_leaves = update(s.values[var.current], grad,
-                                           *(s.values[t] for t in opt.state[handle]))
-            var.current = self._store(s, np.asarray(new_value))
+            var.current = self._store(s, np.asarray(value))
             s.version_of[var.current] = handle
-            opt.state[handle] = tuple(self._store(s, np.asarray(leaf)) for leaf in new_leaves)
+            opt.state[handle] = tuple(self._store(s, np.asarray(leaf)) for leaf in leaves)
         opt.step += 1
         self._collect(s)
         return {"step": opt.step}

@@ -110,7 +110,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     start = tuple(values[n] for _, n in variables)
     info = CompileInfo("step", cost.eqns, 1)
     losses, fetched, new_values, new_leaves = rt.engine.cache.call(
-        key, lambda: jax.jit(_build(program, query, [u for _, u in rules], repeat)),
+        key, lambda: jax.jit(_build(program, query, [pure for _, _, pure in rules], repeat)),
         start, others, program.literals, leaves, info=info, eager=False)
     for (handle, _), value, state in zip(variables, new_values, new_leaves, strict=True):
         var = s.variables[handle]
