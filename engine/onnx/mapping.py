@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 LATEST = 28
 """The newest ONNX opset the declarations were checked against."""
 
+ML = "ai.onnx.ml"
+ML_LATEST = 5
+"""The newest opset of the ai.onnx.ml domain (classical machine learning: scikit-learn models
+exported by skl2onnx) the declarations were checked against."""
+
 Convert = Callable[["NodeContext"], Any]
 
 
@@ -43,8 +48,11 @@ MAPPINGS: dict[tuple[str, str], Mapping] = {}
 
 def onnx_op(op_type: str, first: int, maps_to: str, convert: Convert, *, last: int = LATEST,
             domain: str = "") -> None:
+    """Declare the mapping of `op_type` in `domain` ("" for the default domain, ai.onnx),
+    checked against the domain's opsets `first` to `last`."""
     if (domain, op_type) in MAPPINGS:
-        raise RuntimeError(f"ONNX op type {op_type!r} declared twice")
+        raise RuntimeError(f"ONNX op type {op_type!r} of domain {domain or 'ai.onnx'!r} "
+                           "declared twice")
     MAPPINGS[(domain, op_type)] = Mapping(op_type, (first, last), maps_to, convert, domain)
 
 
@@ -385,6 +393,8 @@ onnx_op("Flatten", 1, "reshape", _flatten)
 
 
 def _reshape(n: NodeContext) -> Any:
+    if n.dynamic(1):
+        return _reshape_to_inferred(n)
     target = n.ints(1, "shape")
     if not n.attr("allowzero", 0) and 0 in target:
         shape = n.shape(0)
@@ -395,6 +405,19 @@ def _reshape(n: NodeContext) -> Any:
                                  "is not static here; export the model with fixed shapes")
                 target[i] = int(shape[i])  # type: ignore[arg-type]
     return n.emit("reshape", [n.arg(0)], {"shape": target})
+
+
+def _reshape_to_inferred(n: NodeContext) -> Any:
+    """A target computed from a dynamic shape (Shape, Slice, Concat of a batch axis): the
+    output shape that shape inference tells, with -1 for its one unknown dimension."""
+    from engine.onnx.translate import _shape_text
+
+    shape = n.output_shape()
+    if shape is None or sum(d is None for d in shape) > 1:
+        raise n.fail("the target shape is computed from a shape that is not static here, and "
+                     "shape inference leaves more than one dimension of the output unknown "
+                     f"({_shape_text(shape)}); export the model with fixed shapes")
+    return n.emit("reshape", [n.arg(0)], {"shape": [-1 if d is None else d for d in shape]})
 
 
 onnx_op("Reshape", 5, "reshape", _reshape)
@@ -488,13 +511,16 @@ onnx_op("Pad", 2, "pad", _pad)
 
 
 def _shape(n: NodeContext) -> Any:
-    shape = n.static_shape(0)
-    start, end = n.attr("start", 0), n.attr("end", None)
-    n.t.static[n.out] = np.array(shape[slice(start, end)], np.int64)
+    shape = n.shape(0)
+    dims = None if shape is None else shape[slice(n.attr("start", 0), n.attr("end", None))]
+    if dims is None or None in dims:
+        n.t.dynamic.add(n.out)  # only a Reshape may read it (or what is computed from it)
+    else:
+        n.t.static[n.out] = np.array(dims, np.int64)
     return None
 
 
-onnx_op("Shape", 1, "a constant (static shapes only)", _shape)
+onnx_op("Shape", 1, "a constant (a dynamic axis: only for a Reshape's target)", _shape)
 
 
 def _constant(n: NodeContext) -> Any:
@@ -523,3 +549,107 @@ def _cast(n: NodeContext) -> Any:
 onnx_op("Cast", 6, "cast", _cast)
 onnx_op("Identity", 1, "identity", unary("identity"))
 onnx_op("Dropout", 7, "identity (inference)", unary("identity"))
+
+# ----- ai.onnx.ml: the classical models that skl2onnx exports. Their weights are attributes,
+# which become inputs with defaults named after the node (`<node>/coefficients`,
+# `<node>/intercepts`), so that they can be differentiated as initializers are. As the domain
+# specifies, they read float, double and integer tensors and compute in float32.
+
+
+def _float_input(n: NodeContext) -> Any:
+    x = n.arg(0)
+    if n.t.types.get(n.node.input[0], (TensorProto.FLOAT, None))[0] == TensorProto.FLOAT:
+        return x
+    return n.emit("cast", [x], {"dtype": "float32"})
+
+
+_POST_TRANSFORMS = {"NONE": None, "LOGISTIC": "sigmoid", "SOFTMAX": "softmax"}
+
+
+def _post_transform(n: NodeContext, scores: Any) -> Any:
+    name = n.attr("post_transform", "NONE")
+    if name not in _POST_TRANSFORMS:
+        raise n.fail(f"post_transform {name!r} is not supported; NONE, LOGISTIC and SOFTMAX "
+                     "are")
+    op = _POST_TRANSFORMS[name]
+    if op is None:
+        return scores
+    return n.emit(op, [scores], {"axis": -1} if op == "softmax" else None)
+
+
+def _linear(n: NodeContext, rows: int) -> Any:
+    """x @ coefficients.T + intercepts, with coefficients of shape [rows, features]."""
+    count = len(n.attr("coefficients", []))
+    shape = n.shape(0)
+    features = shape[-1] if shape else None
+    if rows < 1 or count == 0 or count % rows or (features and count != rows * features):
+        raise n.fail(f"coefficients has {count} values, not one row of "
+                     f"{features or 'the input features'} per output ({rows} outputs)")
+    y = n.emit("matmul", [_float_input(n), n.emit(
+        "transpose", [n.weight("coefficients", (rows, count // rows))])])
+    if n.attr("intercepts") is not None:
+        y = n.emit("add", [y, n.weight("intercepts", (rows,))])
+    return y
+
+
+onnx_op("LinearRegressor", 1, "matmul, add (the post_transform: sigmoid, softmax)",
+        lambda n: _post_transform(n, _linear(n, int(n.attr("targets", 1)))),
+        last=ML_LATEST, domain=ML)
+
+
+def _linear_classifier(n: NodeContext) -> Any:
+    """Outputs: the label (argmax of the scores, as a class label) and the scores."""
+    if n.attr("classlabels_strings") is not None:
+        raise n.fail("string class labels are not supported (the op table has no strings); "
+                     "train the model with integer class labels")
+    labels = np.asarray(n.attr("classlabels_ints", []), np.int64)
+    count, shape = len(n.attr("coefficients", [])), n.shape(0)
+    rows = count // shape[-1] if shape and shape[-1] else labels.size
+    if labels.size < 2 or rows != labels.size:
+        raise n.fail(f"needs one row of coefficients per class: {labels.size} class labels "
+                     f"and {count} coefficients (the binary form with one row is not "
+                     "supported; export a row per class)")
+    raw = _linear(n, labels.size)
+    label, scores = [*n.outputs, ""][:2]
+    if label:
+        index = n.emit("argmax", [raw], {"axis": -1, "keepdims": False})
+        n.emit("take", [n.literal(labels), index], {"axis": 0}, out=label)
+    if scores:
+        n.emit("identity", [_post_transform(n, raw)], out=scores)
+    return None
+
+
+onnx_op("LinearClassifier", 1, "matmul, add, sigmoid or softmax; argmax, take (the label)",
+        _linear_classifier, last=ML_LATEST, domain=ML)
+
+
+def _normalizer(n: NodeContext) -> Any:
+    """Each row divided by its max, L1 or L2 norm; a row whose norm is 0 is left as is."""
+    x = _float_input(n)
+    norm = n.attr("norm", "MAX")
+    if norm == "MAX":
+        scale = n.emit("max", [x], {"axis": -1, "keepdims": True})
+    elif norm == "L1":
+        scale = n.emit("sum", [n.emit("abs", [x])], {"axis": -1, "keepdims": True})
+    elif norm == "L2":
+        scale = n.emit("sqrt", [n.emit("sum", [n.emit("square", [x])],
+                                       {"axis": -1, "keepdims": True})])
+    else:
+        raise n.fail(f"norm {norm!r} is not one of MAX, L1, L2")
+    safe = n.emit("where", [n.emit("equal", [scale, 0.0]), 1.0, scale])
+    return n.emit("divide", [x, safe])
+
+
+onnx_op("Normalizer", 1, "max, abs, sum, square, sqrt, where, divide", _normalizer,
+        last=ML_LATEST, domain=ML)
+
+
+def _array_feature_extractor(n: NodeContext) -> Any:
+    """The entries of the last axis at the indices given (a 1-D input gives a row)."""
+    index = n.emit("reshape", [n.arg(1)], {"shape": [-1]})
+    y = n.emit("take", [n.arg(0), index], {"axis": -1})
+    return n.emit("reshape", [y], {"shape": [1, -1]}) if n.rank(0) == 1 else y
+
+
+onnx_op("ArrayFeatureExtractor", 1, "reshape, take", _array_feature_extractor,
+        last=ML_LATEST, domain=ML)

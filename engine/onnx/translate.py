@@ -5,6 +5,9 @@ mapping table and lets the declaration emit ops of the op table through a `NodeC
 What is known before any request (Constant outputs, static shapes, integer initializers) is
 kept as values, and a node whose inputs are all such values is evaluated here, once, by ONNX's
 reference evaluator: shape arithmetic (Shape, Gather, Concat, ...) never reaches the graph.
+Shape arithmetic on a shape that is not known here (a dynamic batch axis) is not computed: its
+values are marked dynamic, and only a Reshape may read them, taking its target from shape
+inference instead (the pattern a Flatten exported by tf2onnx leaves).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Translation:
         self.nodes: list[dict[str, Any]] = []
         self.defined: set[str] = set()
         self.static: dict[str, np.ndarray] = {}  # Constant outputs and values folded here
+        self.dynamic: set[str] = set()  # values computed from a shape not static here
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in
                                                           self.graph.initializer}
         self.types = _infer_types(model)
@@ -160,9 +164,21 @@ class Translation:
     def use_initializer(self, name: str) -> str:
         """An initializer read as a tensor: an input whose default is its value."""
         array = numpy_helper.to_array(self.initializers[name])
-        self._check_size(array, f"initializer {clip(name)}")
-        dtype = _dtype(self.initializers[name].data_type, f"initializer {clip(name)}")
-        self.inputs[name] = {"dtype": dtype, "shape": list(array.shape),
+        _dtype(self.initializers[name].data_type, f"initializer {clip(name)}")
+        return self._weight(name, array, f"initializer {clip(name)}")
+
+    def use_weight(self, base: str, array: np.ndarray) -> str:
+        """A weight that a node holds in an attribute (the coefficients of an ai.onnx.ml
+        LinearClassifier), read as a tensor: an input named `base` (or a fresh name when the
+        model uses it) whose default is its value, as for an initializer."""
+        name = base if base not in self.taken else self.fresh(base)
+        self.taken.add(name)
+        _dtype(_onnx_type(array), f"weight {clip(name)}")
+        return self._weight(name, array, f"weight {clip(name)}")
+
+    def _weight(self, name: str, array: np.ndarray, what: str) -> str:
+        self._check_size(array, what)
+        self.inputs[name] = {"dtype": str(array.dtype), "shape": list(array.shape),
                              "default": encode(array, encoding="base64")}
         self.defined.add(name)
         return name
@@ -258,8 +274,14 @@ class NodeContext:
         """Evaluate the node here when every input is known (shape arithmetic)."""
         names = [n for n in self.node.input if n]
         if self.op_type == "Constant" or not names or not all(
-                n in self.t.static or self._integer_initializer(n) for n in names):
+                n in self.t.static or n in self.t.dynamic or self._integer_initializer(n)
+                for n in names):
             return False
+        if any(n in self.t.dynamic for n in names):
+            if self.op_type == "Reshape":
+                return False  # its mapping reads the target from shape inference
+            self.t.dynamic.update(out for out in self.outputs if out)
+            return True  # arithmetic on a shape not known here: nothing to compute yet
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for a in self.node.attribute):
             return False  # control flow: never run a model's loops here
@@ -328,6 +350,10 @@ class NodeContext:
             return self.t.use_initializer(name)
         if name in self.t.static:
             return self.t.use_static(name)
+        if name in self.t.dynamic:
+            raise self.error(f"input {clip(name)} is computed from a shape that is not static "
+                             "here (a dynamic axis), which only a Reshape's target may be; "
+                             "export the model with fixed shapes")
         raise self.error(f"input {clip(name)} is not produced by an earlier node (or is an "
                          "output that the import does not compute, such as a mask or the "
                          "statistics of a training-mode node)")
@@ -343,8 +369,28 @@ class NodeContext:
             return self.t.static[name]
         if name in self.t.initializers:
             return numpy_helper.to_array(self.t.initializers[name])
+        if name in self.t.dynamic:
+            raise self.error(f"input {i} ({what}) is computed from a shape that is not static "
+                             "here (a dynamic axis); export the model with fixed shapes")
         raise self.error(f"input {i} ({what}) must be a constant (an initializer or a "
                          "Constant, or computed from static shapes), not a computed tensor")
+
+    def dynamic(self, i: int) -> bool:
+        """Whether input i is computed from a shape that is not static here."""
+        return self.has(i) and self.node.input[i] in self.t.dynamic
+
+    def output_shape(self) -> tuple[int | None, ...] | None:
+        """The (first) output's shape from shape inference (None entries unknown), or None."""
+        return self.t.types.get(self.out, (0, None))[1]
+
+    def weight(self, attr: str, shape: Sequence[int]) -> str:
+        """A float attribute holding a weight, as an input with a default named after the node
+        and the attribute: it is differentiable like an initializer."""
+        values = np.asarray(self.attr(attr, []), np.float32)
+        if values.size != math.prod(shape):
+            raise self.error(f"{attr} has {values.size} values, {math.prod(shape)} expected "
+                             f"(shape {list(shape)})")
+        return self.t.use_weight(f"{self.label}/{attr}", values.reshape(shape))
 
     def ints(self, i: int, what: str) -> list[int]:
         return [int(v) for v in np.asarray(self.const(i, what)).reshape(-1)]
@@ -381,6 +427,11 @@ class NodeContext:
         for name in [ident] if isinstance(ident, str) else ident:
             self.t.defined.add(name)
         return ident if isinstance(ident, str) else ident[0]
+
+    def literal(self, value: np.ndarray) -> dict[str, Any]:
+        """A constant known here, as a tensor object an op reads as an argument."""
+        _dtype(_onnx_type(value), "a constant")
+        return _literal(value)
 
     def fail(self, detail: str) -> InvalidGraph:
         return self.error(detail)
