@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.dtypes import DTYPES
+from engine.program import Function
 
 _MISSING: Any = object()
 
@@ -217,3 +218,18 @@ class Padding(Attr):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class FunctionRef(Attr):
+    """A function: the name of one of the graph's `functions`, or a function object
+    `{"params", "nodes", "outputs"}` inline. The graph parser resolves it (it knows the
+    graph's functions); here only an already parsed `Function` passes."""
+
+    kind = "function"
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, Function):
+            raise AttrError("expected a function: the name of one of the graph's functions or "
+                            "an object {\"params\": [...], \"nodes\": [...], \"outputs\": [...]}")
+        return value

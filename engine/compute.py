@@ -12,18 +12,19 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from engine import control, numerics
 from engine.cache import CompileCache, CompileInfo
-from engine.cost import Cost, estimate, human_bytes
+from engine.cost import REVERSE_KINDS, Cost, estimate, human_bytes
 from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.interpreter import Aval, TypeCache
 from engine.program import Program
 from engine.tensors import decode
-from engine.transforms import BUILDERS, HVP_PARTS, Query
+from engine.transforms import BUILDERS, HVP_PARTS, PureFn, Query, batched
 
 inline_limit: ContextVar[int | None] = ContextVar("inline_limit", default=None)
 """When set (by a caller on an event loop), queries that are not already compiled, or whose
@@ -54,16 +55,22 @@ class Limits:
     max_request_bytes: int = 4 * 1024**3
     max_request_flops: float = 1e12
     max_response_bytes: int = 256 * 1024**2
+    max_iterations: int = control.DEFAULT_ITERATION_BOUND  # of a while_loop with no bound
 
 
 @dataclass
 class Bound:
-    """A Program with checked input values and the inferred type of every name."""
+    """A Program with checked input values and the inferred type of every name, and how its
+    queries run: mapped over the examples of the `batch` inputs (their batch axis moved to
+    0; `types` are those of one example), and with numerics checked."""
 
     program: Program
     inputs: dict[str, np.ndarray]
     types: dict[str, Aval]
     labels: dict[str, str] = field(default_factory=dict)  # program name -> name users know
+    batch: tuple[str, ...] = ()
+    batch_size: int = 0
+    check_numerics: bool = False
 
     def label(self, name: str) -> str:
         return self.labels.get(name, name)
@@ -104,33 +111,61 @@ class Engine:
     # ----- binding -----
 
     def bind(self, program: Program, raw_inputs: Mapping[str, Any],
-             loc: Sequence[str | int] = ("inputs",)) -> Bound:
-        """Decode and check the input values, then infer every name's type."""
+             loc: Sequence[str | int] = ("inputs",), batch: Mapping[str, int] | None = None,
+             check_numerics: bool = False) -> Bound:
+        """Decode and check the input values, then infer every name's type. `batch`
+        ({input: axis}) maps every query over that axis of those inputs; their declared
+        shapes are those of one example.
+
+        >>> engine.bind(program, {"x": [[1.0, 2.0], [3.0, 4.0]]}, batch={"x": 0})  # 2 examples
+        """
         unknown = [n for n in raw_inputs if n not in program.inputs]
         if unknown:
             raise InvalidGraph(f"the graph has no input {clip(unknown[0])}; its inputs: "
                                f"{', '.join(program.inputs) or 'none'}", loc=(*loc, unknown[0]))
+        batch = batch or {}
+        unknown = [n for n in batch if n not in program.inputs]
+        if unknown:
+            raise InvalidGraph(f"batch names {clip(unknown[0])}, which is not an input of the "
+                               f"graph; its inputs: {', '.join(program.inputs) or 'none'}",
+                               loc=("batch", unknown[0]))
         values: dict[str, np.ndarray] = {}
+        examples: tuple[str, int] | None = None  # (first batched input, its batch size)
         for name in program.inputs:
             if name not in raw_inputs:
-                if name in program.input_defaults:
-                    values[name] = program.input_defaults[name]
-                    continue
-                raise InvalidGraph(f"input {name!r} has no value; send it under inputs",
-                                   loc=(*loc, name))
-            declared = program.input_dtypes.get(name)
-            value = decode(raw_inputs[name], (*loc, name), dtype=declared,
-                           max_elements=self.limits.max_elements)
+                if name not in program.input_defaults:
+                    raise InvalidGraph(f"input {name!r} has no value; send it under inputs",
+                                       loc=(*loc, name))
+                value = program.input_defaults[name]
+            else:
+                value = decode(raw_inputs[name], (*loc, name),
+                               dtype=program.input_dtypes.get(name),
+                               max_elements=self.limits.max_elements)
+            if name in batch:
+                value = _batch_first(name, value, batch[name])
+                if examples is not None and value.shape[0] != examples[1]:
+                    raise InvalidTensor(
+                        f"input {name!r} has {value.shape[0]} examples on its batch axis, but "
+                        f"{examples[0]!r} has {examples[1]}; batched inputs need the same "
+                        "batch size", loc=(*loc, name))
+                examples = examples or (name, value.shape[0])
             shape = program.input_shapes.get(name)
-            if shape is not None and value.shape != shape:
+            example = value.shape[1:] if name in batch else value.shape
+            if shape is not None and example != shape and name in raw_inputs:
+                one = " (one example: the batch axis left out)" if name in batch else ""
                 raise InvalidTensor(f"input {name!r} is declared with shape {list(shape)} but "
-                                    f"the value has shape {list(value.shape)}",
+                                    f"the value has shape {list(example)}{one}",
                                     loc=(*loc, name))
             values[name] = value
-        return self.bind_values(program, values)
+        return self.bind_values(program, values, tuple(n for n in program.inputs if n in batch),
+                                check_numerics)
 
-    def bind_values(self, program: Program, values: dict[str, np.ndarray]) -> Bound:
-        avals = {n: Aval(v.shape, v.dtype) for n, v in values.items()}
+    def bind_values(self, program: Program, values: dict[str, np.ndarray],
+                    batch: Sequence[str] = (), check_numerics: bool = False) -> Bound:
+        """Infer every name's type from input values already decoded (the `batch` inputs
+        with their batch axis first)."""
+        avals = {n: Aval(v.shape[1:] if n in batch else v.shape, v.dtype)
+                 for n, v in values.items()}
         if inline_limit.get() is not None:
             check_inline(self.types.known(program, avals), 0)
         typed = self.types.infer(program, avals)
@@ -144,7 +179,9 @@ class Engine:
                            " (GRADTAPE_MAX_ELEMENTS)", node=eqn.node if eqn else None)
         if program.indexing:
             _check_indices(program, values, types)
-        return Bound(program, values, types)
+        size = values[batch[0]].shape[0] if batch else 0
+        return Bound(program, values, types, batch=tuple(batch), batch_size=size,
+                     check_numerics=check_numerics)
 
     # ----- queries -----
 
@@ -174,9 +211,8 @@ class Engine:
                             is not None, stored=tuple(sorted(stored or ())))
         source_values = self._source_values(bound, live)
         if stored:  # in name order: the cache key reads the values in dict order
-            bound = Bound(bound.program, {**bound.inputs, **{n: stored[n] for n in
-                                                               sorted(stored)}},
-                          bound.types, bound.labels)
+            bound = replace(bound, inputs={**bound.inputs,
+                                           **{n: stored[n] for n in sorted(stored)}})
         values, grads = self._run(bound, query, source_values, cotangents)
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
@@ -192,7 +228,8 @@ class Engine:
         live = self._live_sources(bound, (name,), names)
         out_size = math.prod(bound.shape(name))
         in_size = sum(math.prod(bound.shape(s)) for s in live)
-        self._check_result_size(out_size * in_size, "jacobian", "use gradient with "
+        self._check_result_size(out_size * in_size * max(bound.batch_size, 1), "jacobian",
+                                "use gradient with "
                                 "output_gradients (a VJP) or jvp for products with it")
         # forward mode costs one JVP per input element, reverse one VJP per output element;
         # forward tangents carry the target's precision, so a narrower target keeps reverse
@@ -255,7 +292,8 @@ class Engine:
         names = self._sources(bound, sources)
         live = self._live_sources(bound, (name,), names)
         in_size = sum(math.prod(bound.shape(s)) for s in live)
-        self._check_result_size(in_size * in_size, "hessian", "use hvp for products with it")
+        self._check_result_size(in_size * in_size * max(bound.batch_size, 1), "hessian",
+                                "use hvp for products with it")
         if live:
             query = self._query(bound, "hessian", (name,), live)
             value, grads, hess = self._run(bound, query, self._source_values(bound, live), None)
@@ -310,6 +348,10 @@ class Engine:
         found = self._costs.get(key)
         if found is None:
             found = estimate(bound.program, bound.types, query)
+            if bound.batch:  # the types are one example's; every example runs the query
+                n = bound.batch_size
+                found = replace(found, peak_bytes=found.peak_bytes * n, flops=found.flops * n,
+                                result_bytes=found.result_bytes * n)
             self._costs[key] = found
             if len(self._costs) > 4096:
                 self._costs.popitem(last=False)
@@ -350,17 +392,54 @@ class Engine:
 
     def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
              answered: bool = True) -> Any:
+        token = control.iteration_bound.set(self.limits.max_iterations)
+        try:
+            return self._run_bounded(bound, query, sources, extra, answered)
+        finally:
+            control.iteration_bound.reset(token)
+
+    def _run_bounded(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
+                     answered: bool = True) -> Any:
         program = bound.program
-        key = (program.structure_key, query, _avals_key(bound.inputs), _avals_key(sources),
-               _avals_key(extra), program.literal_types)
+        loops = control.unbounded_loops(program, program.needed(query.targets)) \
+            if program.functions_used else []
+        if loops and (query.kind in REVERSE_KINDS and query.mode != "fwd"):
+            raise InvalidGraph(f"the {query.kind} needs reverse mode, which a while_loop "
+                               "without max_iterations does not have: set its max_iterations "
+                               "(the loop then stops there, as TensorFlow's "
+                               "maximum_iterations does), or use jvp (forward mode)",
+                               node=loops[0])
+        key = (program.structure_key, query, bound.batch, _avals_key(bound.inputs),
+               _avals_key(sources), _avals_key(extra), program.literal_types)
         cost = self.cost(bound, query, key)
         self.admit(bound, query, cost, answered)
+        checking = ("numerics", *key) if bound.check_numerics else None
         if inline_limit.get() is not None:
-            check_inline(self.cache.is_compiled(key), cost.flops)
+            check_inline(self.cache.is_compiled(key) and (
+                checking is None or self.cache.is_compiled(checking)), cost.flops)
         info = CompileInfo(query.kind, cost.eqns, cost.expansion)
-        out = self.cache.call(key, lambda: BUILDERS[query.kind](program, query),
-                              bound.inputs, program.literals, sources, extra, info=info)
+        eager = program.eager  # control flow runs compiled only: past the budget, a 413
+        if checking is not None:  # a separate function: the query's own stays as it is
+            found = self.cache.call(checking, lambda: self._build(bound, query, numerics.counts),
+                                    bound.inputs, program.literals, sources, extra, info=info,
+                                    eager=eager)
+            numerics.raise_first(program, query, _to_host(found), bound.label,
+                                 batched=bool(bound.batch))
+        if loops:  # their bound checks come back beside the result
+            error, out = self.cache.call(
+                key, lambda: control.checked(self._build(bound, query, BUILDERS[query.kind])),
+                bound.inputs, program.literals, sources, extra, info=info, eager=eager)
+            control.raise_reached(error, loops)
+            return _to_host(out)
+        out = self.cache.call(key, lambda: self._build(bound, query, BUILDERS[query.kind]),
+                              bound.inputs, program.literals, sources, extra, info=info,
+                              eager=eager)
         return _to_host(out)
+
+    @staticmethod
+    def _build(bound: Bound, query: Query, builder: Any) -> PureFn:
+        fn: PureFn = builder(bound.program, query)
+        return batched(fn, bound.batch, query.sources) if bound.batch else fn
 
     def _query(self, bound: Bound, kind: str, targets: tuple[str, ...],
                sources: tuple[str, ...], **options: Any) -> Query:
@@ -428,12 +507,14 @@ class Engine:
                  unconnected: str) -> Any:
         if unconnected != "zero" or not bound.is_float(source):
             return None
-        return np.zeros(prefix + bound.shape(source), bound.types[source].dtype)
+        return np.zeros(_examples(bound) + prefix + bound.shape(source),
+                        bound.types[source].dtype)
 
     def _missing_block(self, bound: Bound, a: str, b: str, unconnected: str) -> Any:
         if unconnected != "zero" or not (bound.is_float(a) and bound.is_float(b)):
             return None
-        return np.zeros(bound.shape(a) + bound.shape(b), bound.types[a].dtype)
+        return np.zeros(_examples(bound) + bound.shape(a) + bound.shape(b),
+                        bound.types[a].dtype)
 
     def _like(self, bound: Bound, name: str, raw: Any, loc: tuple[str | int, ...]) -> Any:
         """Decode a tensor that must have `name`'s shape and dtype (a cotangent, vector or
@@ -474,6 +555,22 @@ _ADVICE = {
                 "for products with the Jacobian.",
     "hessian": "Ask for fewer sources, or use hvp for products with the Hessian.",
 }
+
+
+def _examples(bound: Bound) -> tuple[int, ...]:
+    """The leading axis every answer of a batched query has: (batch size,) or ()."""
+    return (bound.batch_size,) if bound.batch else ()
+
+
+def _batch_first(name: str, value: np.ndarray, axis: int) -> np.ndarray:
+    """`value` with its batch axis moved first, or InvalidGraph at batch.<name>."""
+    if not -value.ndim <= axis < value.ndim:
+        raise InvalidGraph(f"batch axis {axis} is out of range for input {name!r}, which has "
+                           f"shape {list(value.shape)} (valid axes: {-value.ndim} to "
+                           f"{value.ndim - 1})" if value.ndim else
+                           f"input {name!r} is a scalar: it has no axis to batch over",
+                           loc=("batch", name))
+    return np.moveaxis(value, axis, 0)
 
 
 def _check_indices(program: Program, values: Mapping[str, Any],

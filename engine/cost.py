@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.program import Eqn, Program
+from engine.control import function_calls
+from engine.program import Eqn, Program, functions_of
 from engine.transforms import Query
 
 # Peak live values per forward pass, and work per forward pass, for each query kind (a
@@ -91,10 +92,18 @@ def estimate(program: Program, types: Mapping[str, Any], query: Query) -> Cost:
         forward += _bytes(types[name])
     for lit in program.literals:
         forward += getattr(lit, "nbytes", 8)
+    kept_per_step = query.kind in REVERSE_KINDS and not (query.kind == "jacobian" and
+                                                          query.mode == "fwd")
+    inner_eqns = 0
     for eqn in eqns:
         args = [types[a] if isinstance(a, str) else program.literals[a] for a in eqn.args]
         outs = [types[o] for o in eqn.outs]
         flops += eqn_flops(eqn, args, outs)
+        if functions_of(eqn):
+            work, held, count = _inside(eqn, args, kept_per_step)
+            flops += work
+            forward += held
+            inner_eqns += count
         for name, aval in zip(eqn.outs, outs, strict=True):
             size = _bytes(aval)
             forward += size
@@ -120,7 +129,38 @@ def estimate(program: Program, types: Mapping[str, Any], query: Query) -> Cost:
     # an evaluation's results are among its forward values; a derivative's are new arrays
     peak = forward * passes * max(expansion, 1) + (result if kind != "evaluate" else 0)
     work = flops * WORK_PASSES.get(kind, 1) * max(expansion, 1)
-    return Cost(peak, work, result, expansion, largest, len(eqns))
+    return Cost(peak, work, result, expansion, largest, len(eqns) + inner_eqns)
+
+
+# the kinds whose reverse pass keeps every step's values of a loop
+REVERSE_KINDS = {"gradient", "hvp", "hessian", "jacobian"}
+
+
+def _inside(eqn: Eqn, args: list[Any], kept_per_step: bool) -> tuple[int, int, int]:
+    """Work, bytes held and equations of the functions an equation applies: a loop's work is
+    its functions' times its trip count (its bound, where the graph gives no count), and so
+    are its values when a reverse pass keeps each step's."""
+    trips_of = getattr(eqn.prim, "trips", None)
+    trips = trips_of(dict(eqn.attrs), args) if trips_of is not None else 1
+    work = held = count = 0
+    for fn, types in function_calls(eqn, args):
+        body = fn.program
+        count += len(body.eqns)
+        for inner in body.eqns:
+            inner_args = [types[a] if isinstance(a, str) else body.literals[a]
+                          for a in inner.args]
+            outs = [types[o] for o in inner.outs]
+            step = eqn_flops(inner, inner_args, outs)
+            step_bytes = sum(_bytes(o) for o in outs)
+            if functions_of(inner):
+                nested_work, nested_held, nested_count = _inside(inner, inner_args,
+                                                                 kept_per_step)
+                step += nested_work
+                step_bytes += nested_held
+                count += nested_count
+            work += trips * step
+            held += (trips if kept_per_step else 1) * step_bytes
+    return work, held, count
 
 
 def human_bytes(n: int) -> str:

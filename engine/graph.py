@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.attrs import AttrError
+from engine.attrs import AttrError, FunctionRef
 from engine.dtypes import DTYPES
-from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
+from engine.errors import EngineError, InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.ops import Op, lookup, suggest
-from engine.program import Eqn, Program
+from engine.program import Eqn, Function, Program
 from engine.tensors import decode, encode, is_tensor_object
 
 
@@ -48,8 +48,10 @@ def node_label(node: Mapping[str, Any], index: int) -> str:
 
 
 def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int,
-                 max_args: int | None = None) -> ResolvedNode:
-    """Check one node's id, op, arity and attributes."""
+                 max_args: int | None = None, functions: Functions | None = None
+                 ) -> ResolvedNode:
+    """Check one node's id, op, arity and attributes (function-valued ones resolved by
+    `functions`: the graph's functions, or none)."""
     label = node_label(node, index)
     ident = node.get("id")
     outs = (ident,) if isinstance(ident, str) else tuple(ident or ())
@@ -76,8 +78,9 @@ def resolve_node(node: Mapping[str, Any], loc: Sequence[str | int], index: int,
     if len(args) < op.min_args or (op.max_args is not None and len(args) > op.max_args):
         raise InvalidGraph(f"op {op.name!r} takes {_arity_text(op)}, got {len(args)}",
                            node=label, loc=(*loc, "args"))
-    return ResolvedNode(op, outs, check_attrs(op, node.get("attrs") or {}, label, loc), args,
-                        label)
+    attrs = check_attrs(op, node.get("attrs") or {}, label, loc,
+                        functions if functions is not None else Functions({}))
+    return ResolvedNode(op, outs, attrs, args, label)
 
 
 def _arity_text(op: Op) -> str:
@@ -88,8 +91,8 @@ def _arity_text(op: Op) -> str:
     return f"{op.min_args} to {op.max_args} arguments"
 
 
-def check_attrs(op: Op, attrs: Any, label: str,
-                loc: Sequence[str | int]) -> tuple[tuple[str, Any], ...]:
+def check_attrs(op: Op, attrs: Any, label: str, loc: Sequence[str | int],
+                functions: Functions) -> tuple[tuple[str, Any], ...]:
     if not isinstance(attrs, dict):
         raise InvalidGraph("attrs must be an object", node=label, loc=(*loc, "attrs"))
     unknown = sorted(set(attrs) - set(op.attrs))
@@ -105,7 +108,10 @@ def check_attrs(op: Op, attrs: Any, label: str,
                                    f"({spec.kind})", node=label, loc=(*loc, "attrs"))
             continue
         try:
-            out.append((key, spec.check(attrs[key])))
+            value = attrs[key]
+            if isinstance(spec, FunctionRef):
+                value = functions.resolve(value, key, label, (*loc, "attrs", key))
+            out.append((key, spec.check(value)))
         except AttrError as exc:
             raise InvalidGraph(f"attribute {key!r} of op {op.name!r}: {exc}", node=label,
                                loc=(*loc, "attrs", key)) from None
@@ -141,18 +147,36 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
         if edges > max_edges:
             raise TooLarge(f"the graph's nodes have {edges} arguments in all; the limit is "
                            f"{max_edges} (GRADTAPE_MAX_EDGES)", loc=("nodes",))
+    functions = Functions(graph.get("functions"), max_nodes=max_nodes,
+                          max_elements=max_elements, max_args=max_args)
     declared = graph.get("inputs")
     inputs, dtypes, shapes, defaults = _parse_inputs(declared, max_elements)
-    implicit_inputs = declared is None
     defined: set[str] = set(inputs)
+    eqns, literals = _parse_nodes(nodes, ("nodes",), inputs, defined, declared is None,
+                                  max_elements, max_args, functions)
+    if len(nodes) + functions.nodes > max_nodes:
+        raise TooLarge(f"the graph and its functions have {len(nodes) + functions.nodes} nodes; "
+                       f"the limit is {max_nodes} (GRADTAPE_MAX_NODES)", loc=("nodes",))
+    outputs = _parse_outputs(graph.get("outputs"), defined, eqns)
+    return Program(tuple(inputs), tuple(eqns), outputs, tuple(literals), dtypes, shapes,
+                   defaults, functions.declared_functions())
+
+
+def _parse_nodes(nodes: list[Any], where: tuple[str | int, ...], inputs: list[str],
+                 defined: set[str], implicit_inputs: bool, max_elements: int,
+                 max_args: int | None, functions: Functions,
+                 scope: str = "graph") -> tuple[list[Eqn], list[Any]]:
+    """The equations and constants of a graph's (or a function's) nodes. `defined` holds the
+    names they may read (inputs, or a function's params) and grows with their ids; with
+    `implicit_inputs`, a name no node defines becomes an input."""
     later = {o for n in nodes if isinstance(n, dict) for o in _ids(n.get("id"))}
     literals: list[Any] = []
     eqns: list[Eqn] = []
     for i, node in enumerate(nodes):
-        loc = ("nodes", i)
+        loc = (*where, i)
         if not isinstance(node, dict):
             raise InvalidGraph("a node must be an object with id, op and args", loc=loc)
-        res = resolve_node(node, loc, i, max_args)
+        res = resolve_node(node, loc, i, max_args, functions)
         args: list[str | int] = []
         for j, arg in enumerate(res.args):
             if isinstance(arg, str):
@@ -161,7 +185,8 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
                         inputs.append(arg)
                         defined.add(arg)
                     else:
-                        raise InvalidGraph(_undefined(arg, res.node, later, implicit_inputs),
+                        raise InvalidGraph(_undefined(arg, res.node, later, implicit_inputs,
+                                                      scope),
                                            node=res.node, loc=(*loc, "args", j))
                 args.append(arg)
             elif arg is None or (isinstance(arg, dict) and not is_tensor_object(arg)):
@@ -173,14 +198,140 @@ def parse_graph(graph: Mapping[str, Any], *, max_nodes: int, max_elements: int,
                 args.append(len(literals) - 1)
         for out in res.outs:
             if out in defined:
-                what = "an input" if out in inputs else "an earlier node"
+                what = ("an input" if scope == "graph" else "a param") if out in inputs \
+                    else "an earlier node"
                 raise InvalidGraph(f"id {clip(out)} is already {what}; node ids are unique in a "
-                                   "graph (rename this node)", node=res.node, loc=(*loc, "id"))
+                                   f"{scope} (rename this node)", node=res.node,
+                                   loc=(*loc, "id"))
             defined.add(out)
         eqns.append(Eqn(res.op, res.attrs, tuple(args), res.outs, res.node))
-    outputs = _parse_outputs(graph.get("outputs"), defined, eqns)
-    return Program(tuple(inputs), tuple(eqns), outputs, tuple(literals), dtypes, shapes,
-                   defaults)
+    return eqns, literals
+
+
+FUNCTION_FIELDS = ("params", "nodes", "outputs")
+
+
+class Functions:
+    """The functions a graph declares (`"functions": {name: function}`), each parsed once, on
+    first use (one may call another declared after it), and function objects written inline
+    in an attribute, parsed where they stand. A function is checked as a graph is, but sees
+    only its params: no inputs of its own, no names from outside."""
+
+    def __init__(self, declared: Any, *, max_nodes: int = 10_000,
+                 max_elements: int = 50_000_000, max_args: int | None = None):
+        if declared is not None and not isinstance(declared, dict):
+            raise InvalidGraph("functions must be an object {name: {params, nodes, outputs}}",
+                               loc=("functions",))
+        self.declared: dict[str, Any] = dict(declared or {})
+        self.max_nodes = max_nodes
+        self.max_elements = max_elements
+        self.max_args = max_args
+        self.nodes = 0  # nodes of every function parsed, for the graph's node limit
+        self._parsed: dict[str, Function] = {}
+        self._parsing: list[str] = []
+        for name in self.declared:
+            self.named(name)
+
+    def declared_functions(self) -> dict[str, Function]:
+        return {name: self._parsed[name] for name in self.declared}
+
+    def named(self, name: str) -> Function:
+        """The graph-level function `name` (parsed on first use)."""
+        found = self._parsed.get(name)
+        if found is not None:
+            return found
+        if name in self._parsing:
+            cycle = " -> ".join(map(repr, [*self._parsing[self._parsing.index(name):], name]))
+            raise InvalidGraph(f"functions call each other in a cycle ({cycle}); recursion is "
+                               "not supported: use fori_loop, while_loop or scan",
+                               loc=("functions", name), path=(("function", name),))
+        self._parsing.append(name)
+        try:
+            fn = self.parse(self.declared[name], name, ("functions", name), ref=name)
+        finally:
+            self._parsing.pop()
+        self._parsed[name] = fn
+        return fn
+
+    def resolve(self, value: Any, attr: str, label: str, loc: tuple[str | int, ...]
+                ) -> Any:
+        """An attribute's function: by the name of a graph-level one, or inline. Anything
+        else is left for the attribute's own check to refuse."""
+        if isinstance(value, str):
+            if value not in self.declared:
+                known = ", ".join(map(repr, self.declared)) or "none"
+                raise InvalidGraph(f"attribute {attr!r} names function {clip(value)}, which the "
+                                   f"graph does not declare under functions (declared: {known})",
+                                   node=label, loc=loc)
+            try:
+                return self.named(value)
+            except EngineError as exc:  # first parsed from here: say where it was called
+                raise (exc.within(("node", label)) if exc.path else exc) from None
+        if isinstance(value, dict):
+            try:
+                return self.parse(value, attr, loc)
+            except EngineError as exc:
+                raise (exc.within(("node", label)) if exc.path else exc) from None
+        return value
+
+    def parse(self, spec: Any, name: str, loc: tuple[str | int, ...],
+              ref: str | None = None) -> Function:
+        """Check one function object `{"params", "nodes", "outputs"}` and build it."""
+        at = (("function", name),)
+        if not isinstance(spec, dict):
+            raise InvalidGraph("a function is an object {\"params\": [names], \"nodes\": [...], "
+                               "\"outputs\": [names]}", loc=loc, path=at)
+        unknown = sorted(set(spec) - set(FUNCTION_FIELDS))
+        if unknown:
+            raise InvalidGraph(f"unknown function field {clip(unknown[0])}; a function has "
+                               "params, nodes and outputs", loc=(*loc, unknown[0]), path=at)
+        params = spec.get("params")
+        if not isinstance(params, list) or not all(isinstance(p, str) and p for p in params):
+            raise InvalidGraph("params must be a list of names (the function's arguments, in "
+                               "order)", loc=(*loc, "params"), path=at)
+        if len(set(params)) != len(params):
+            twice = next(p for p in params if params.count(p) > 1)
+            raise InvalidGraph(f"param {clip(twice)} is listed twice", loc=(*loc, "params"),
+                               path=at)
+        nodes = spec.get("nodes")
+        if not isinstance(nodes, list) or not nodes:
+            raise InvalidGraph("a function needs a non-empty list of nodes",
+                               loc=(*loc, "nodes"), path=at)
+        if len(nodes) > self.max_nodes:
+            raise TooLarge(f"function {name!r} has {len(nodes)} nodes; the limit is "
+                           f"{self.max_nodes} (GRADTAPE_MAX_NODES)", loc=(*loc, "nodes"))
+        self.nodes += len(nodes)
+        defined = set(params)
+        try:
+            eqns, literals = _parse_nodes(nodes, (*loc, "nodes"), list(params), defined, False,
+                                          self.max_elements, self.max_args, self,
+                                          scope="function")
+        except EngineError as exc:
+            raise exc.within(*at) from None
+        outputs = spec.get("outputs")
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        if not isinstance(outputs, list) or not outputs or \
+                not all(isinstance(o, str) for o in outputs):
+            raise InvalidGraph("outputs must be a non-empty list of names (the function's "
+                               "results, in order)", loc=(*loc, "outputs"), path=at)
+        for i, out in enumerate(outputs):
+            if out not in defined:
+                raise InvalidGraph(f"output {clip(out)} is not a param or a node id of the "
+                                   "function", loc=(*loc, "outputs", i), path=at)
+        program = Program(tuple(params), tuple(eqns), tuple(outputs), tuple(literals))
+        source = {"params": list(params), "nodes": _canonical_nodes(program, "source"),
+                  "outputs": list(outputs)}
+        keyed = {**source, "nodes": _canonical_nodes(program, "key")}
+        blob = orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        return Function(name, program, source, hashlib.sha256(blob).hexdigest(), ref)
+
+
+def function_document(fn: Function) -> dict[str, Any]:
+    """A function as one self-contained object (the functions it calls written inline), to
+    be parsed again with `Functions(None).parse(document, name, ())`."""
+    return {"params": list(fn.params), "nodes": _canonical_nodes(fn.program, "inline"),
+            "outputs": list(fn.program.outputs)}
 
 
 def _ids(ident: Any) -> tuple[str, ...]:
@@ -191,10 +342,14 @@ def _ids(ident: Any) -> tuple[str, ...]:
     return ()
 
 
-def _undefined(name: str, node: str, later: set[str], implicit: bool) -> str:
+def _undefined(name: str, node: str, later: set[str], implicit: bool,
+               scope: str = "graph") -> str:
     if name in later:
         return (f"{clip(name)} is used before the node that defines it; nodes run in list order, "
                 "so move that node earlier")
+    if scope == "function":
+        return (f"undefined name {clip(name)}: a function sees only its params and its own "
+                "nodes; add it to params and pass it in")
     fix = "define it in an earlier node" if implicit else \
         "declare it under inputs or define it in an earlier node"
     return f"undefined name {clip(name)}: {fix}"
@@ -270,7 +425,26 @@ def _parse_outputs(outputs: Any, defined: set[str], eqns: list[Eqn]) -> tuple[st
 def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]:
     """A normal form of the graph: canonical op names, attributes with defaults dropped,
     constants as explicit tensor objects, declared inputs (with their default values as raw
-    bytes, where they have one), explicit outputs."""
+    bytes, where they have one), explicit outputs, and its functions (only when it declares
+    some: the ids of graphs without functions stay as they were)."""
+    inputs: dict[str, dict[str, Any]] = {
+        n: {"dtype": program.input_dtypes.get(n),
+            "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}
+        for n in program.inputs}
+    for name, value in program.input_defaults.items():  # only then: other ids stay as they were
+        inputs[name]["default"] = encode(value, encoding="base64")
+    form = {"inputs": inputs, "nodes": _canonical_nodes(program, "source"),
+            "outputs": list(program.outputs)}
+    if program.functions:
+        form["functions"] = {name: dict(fn.source) for name, fn in program.functions.items()}
+    return form
+
+
+def _canonical_nodes(program: Program, functions: str) -> list[dict[str, Any]]:
+    """The program's nodes in canonical form. A function attribute is written as the graph
+    does (`functions="source"`: its graph-level name, or its own canonical form inline), as
+    its digest (`"key"`: what its compiled code depends on), or inline throughout
+    (`"inline"`)."""
     nodes = []
     for eqn in program.eqns:
         args: list[Any] = []
@@ -285,16 +459,18 @@ def canonical_form(graph: Mapping[str, Any], program: Program) -> dict[str, Any]
                                 "op": eqn.prim.name, "args": args}
         specs = getattr(eqn.prim, "attrs", {})
         attrs = {k: v for k, v in eqn.attrs if k not in specs or v != specs[k].default}
+        for k, v in attrs.items():
+            if isinstance(v, Function):
+                if functions == "key":
+                    attrs[k] = v.key
+                elif functions == "inline":
+                    attrs[k] = function_document(v)
+                else:
+                    attrs[k] = v.ref if v.ref is not None else dict(v.source)
         if attrs:
             node["attrs"] = attrs
         nodes.append(node)
-    inputs: dict[str, dict[str, Any]] = {
-        n: {"dtype": program.input_dtypes.get(n),
-            "shape": list(s) if (s := program.input_shapes.get(n)) is not None else None}
-        for n in program.inputs}
-    for name, value in program.input_defaults.items():  # only then: other ids stay as they were
-        inputs[name]["default"] = encode(value, encoding="base64")
-    return {"inputs": inputs, "nodes": nodes, "outputs": list(program.outputs)}
+    return nodes
 
 
 def _plain(tensor: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,14 @@ def infer_eqn(eqn: Eqn, args: list[Any]) -> tuple[Aval, ...]:
 
     try:
         out = jax.eval_shape(apply, *args)
-    except EngineError:
+    except EngineError as exc:  # raised inside a function this equation takes: name both
+        if exc.path:
+            raise exc.within(("node", eqn.node)) from None
+        if exc.node is None:
+            exc.node = eqn.node
         raise
     except Exception as exc:  # JAX reports shape and dtype errors as several types
-        raise InvalidGraph(_describe_failure(eqn, args, exc), node=eqn.node) from None
+        raise InvalidGraph(describe_failure(eqn, args, exc), node=eqn.node) from None
     results = tuple(out) if eqn.prim.multi_output else (out,)
     if len(results) != len(eqn.outs):
         raise InvalidGraph(f"op {eqn.prim.name!r} gives {len(results)} results here, but "
@@ -66,15 +70,17 @@ def _abstract(value: Any) -> Any:
                                                                            value.dtype)
 
 
-def _describe_failure(eqn: Eqn, args: list[Any], exc: Exception) -> str:
-    types = ", ".join(_type_text(a) for a in args)
+def describe_failure(eqn: Eqn, args: Sequence[Any], exc: Exception) -> str:
+    """Why `eqn` cannot take `args` (values or abstract values), from JAX's error."""
+    types = ", ".join(type_text(a) for a in args)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if len(reason) > 400:
         reason = reason[:400] + "..."
     return f"op {eqn.prim.name!r} cannot take arguments ({types}): {reason}"
 
 
-def _type_text(value: Any) -> str:
+def type_text(value: Any) -> str:
+    """`float32[2, 3]`, or `float constant` for a Python scalar."""
     if isinstance(value, bool | int | float):
         return f"{type(value).__name__} constant"
     return f"{np.dtype(value.dtype).name}{list(value.shape)}"

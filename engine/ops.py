@@ -10,7 +10,7 @@ adding an op is adding one line here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +20,14 @@ import jax.scipy.linalg as jsl
 import jax.scipy.special as jss
 import numpy as np
 
+from engine import control
 from engine.attrs import (
     Attr,
     Axes,
     Bool,
     DType,
     Float,
+    FunctionRef,
     Int,
     IntList,
     IntOrIntList,
@@ -54,6 +56,11 @@ class Op:
     category: str = ""
     work: str = "elementwise"  # how its cost grows: see engine/cost.py
     indices: int | None = None  # the argument holding integer indices into args[0]
+    eager: bool = True  # False: control flow, which runs compiled only (see engine/cache.py)
+    # loops: how many times its functions run, from its attrs and argument types
+    trips: Callable[[Mapping[str, Any], Sequence[Any]], int] | None = None
+    # loops whose bound may be left out: whether these attrs give one (reverse mode needs it)
+    bounded: Callable[[Mapping[str, Any]], bool] | None = None
 
     def bind(self, *args: Any, **attrs: Any) -> Any:
         return self.fn(*args, **attrs)
@@ -90,10 +97,12 @@ def section(name: str) -> None:
 
 def op(name: str, fn: Callable[..., Any], arity: int | tuple[int, int | None], doc: str,
        *aliases: str, attrs: Mapping[str, Attr] | None = None, diff: bool = True,
-       multi: bool = False, work: str = "elementwise", indices: int | None = None) -> None:
+       multi: bool = False, work: str = "elementwise", indices: int | None = None,
+       eager: bool = True, trips: Callable[[Mapping[str, Any], Sequence[Any]], int] | None = None,
+       bounded: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
     lo, hi = (arity, arity) if isinstance(arity, int) else arity
     _TABLE.append(Op(name, fn, lo, hi, doc, dict(attrs or {}), aliases, diff, multi, _category,
-                     work, indices))
+                     work, indices, eager, trips, bounded))
 
 
 AXIS = {"axis": Axes(None, "axis or axes to reduce; null reduces all"),
@@ -489,6 +498,36 @@ op("stop_gradient", jax.lax.stop_gradient, 1, "x, with no gradient flowing throu
 op("zeros_like", jnp.zeros_like, 1, "Zeros with the shape and dtype of x.", diff=False)
 op("ones_like", jnp.ones_like, 1, "Ones with the shape and dtype of x.", diff=False)
 
+# ----- Functions and control flow (functions as attrs: a graph-level name or inline) -----
+section("control flow")
+op("call", control.call, (0, VARIADIC), "The function's results on the arguments: f(args...).",
+   multi=True, work="call", attrs={"function": FunctionRef(doc="the function to call")})
+op("cond", control.cond, (1, VARIADIC),
+   "true(operands...) if pred else false(operands...); args: pred (bool scalar), operands...",
+   multi=True, work="call", eager=False,
+   attrs={"true": FunctionRef(doc="the branch taken when pred is true"),
+          "false": FunctionRef(doc="the branch taken when pred is false; its results have the "
+                               "true branch's types")})
+op("fori_loop", control.fori_loop, (0, VARIADIC),
+   "carry = body(i, carry...) for i from lower to upper - 1; the final carry.",
+   multi=True, work="call", eager=False, trips=control.fori_trips,
+   attrs={"lower": Int(doc="the first i"), "upper": Int(doc="one past the last i"),
+          "body": FunctionRef(doc="function of (i, carry...) returning the carry")})
+op("while_loop", control.while_loop, (0, VARIADIC),
+   "carry = body(carry...) while cond(carry...), at most max_iterations times; the final carry.",
+   multi=True, work="call", eager=False, trips=control.while_trips, bounded=control.has_bound,
+   attrs={"cond": FunctionRef(doc="function of the carry returning a bool scalar"),
+          "body": FunctionRef(doc="function of the carry returning the carry"),
+          "max_iterations": Int(None, "the loop stops after this many iterations (as "
+                                "TensorFlow's maximum_iterations); reverse mode needs it",
+                                minimum=0)})
+op("scan", control.scan, (1, VARIADIC),
+   "(carry, y_t) = body(carry..., x_t...) over the sequences' first axis; final carry..., "
+   "stacked ys...", multi=True, work="call", eager=False, trips=control.scan_trips,
+   attrs={"body": FunctionRef(doc="function of (carry..., x...) returning (carry..., y...)"),
+          "num_carry": Int(doc="how many of the arguments (and of the body's results) are the "
+                           "carry; the rest are sequences (and stacked outputs)", minimum=0),
+          "reverse": Bool(False, "run from the last step to the first")})
 
 OPS: dict[str, Op] = {o.name: o for o in _TABLE}
 """Canonical name -> op."""

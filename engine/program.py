@@ -62,6 +62,42 @@ def literal_type(value: Any) -> tuple[Any, ...]:
     return (tuple(np.shape(value)), np.asarray(value).dtype.name)
 
 
+@dataclass(frozen=True, eq=False)
+class Function:
+    """A sub-program that `call` and the control-flow ops take as an attribute: its
+    `program.inputs` are the params and `program.outputs` the results, and it sees nothing
+    else (no capture). `source` is its canonical form (constants included) and `key` that
+    form's digest: functions are equal, and share compiled code, when their keys are, whatever
+    their names. `ref` is the graph-level name a graph calls it by (None: written inline).
+
+    JAX's `cond` and `scan` primitives carry their jaxprs as params in the same way.
+    """
+
+    name: str
+    program: Program
+    source: Mapping[str, Any]
+    key: str
+    ref: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Function) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:  # part of structure keys: the digest, not the name
+        return f"Function({self.key})"
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return self.program.inputs
+
+
+def functions_of(eqn: Eqn) -> tuple[Function, ...]:
+    """The functions an equation takes as attributes, in attribute order."""
+    return tuple(v for _, v in eqn.attrs if isinstance(v, Function))
+
+
 @dataclass(frozen=True)
 class Program:
     inputs: tuple[str, ...]
@@ -72,6 +108,9 @@ class Program:
     input_shapes: Mapping[str, tuple[int, ...] | None] = field(default_factory=dict)
     input_defaults: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Values of the inputs that a request may leave out (a model's weights)."""
+    functions: Mapping[str, Function] = field(default_factory=dict)
+    """The graph-level functions the graph declares, by name (its equations hold those they
+    use)."""
 
     @cached_property
     def structure_key(self) -> str:
@@ -88,6 +127,28 @@ class Program:
     def indexing(self) -> tuple[Eqn, ...]:
         """Equations whose op reads integer indices (checked against their axis on binding)."""
         return tuple(e for e in self.eqns if getattr(e.prim, "indices", None) is not None)
+
+    @cached_property
+    def nested(self) -> tuple[Eqn, ...]:
+        """Every equation, those of the functions its equations take included (depth
+        first), for checks that look inside control flow."""
+        out: list[Eqn] = []
+        for eqn in self.eqns:
+            out.append(eqn)
+            for fn in functions_of(eqn):
+                out.extend(fn.program.nested)
+        return tuple(out)
+
+    @cached_property
+    def functions_used(self) -> bool:
+        """Whether an equation takes a function (`call`, control flow)."""
+        return any(functions_of(e) for e in self.eqns)
+
+    @cached_property
+    def eager(self) -> bool:
+        """Whether it can run op by op, uncompiled: not when it holds control flow (whose
+        ops trace their functions; XLA runs the loop)."""
+        return all(getattr(e.prim, "eager", True) for e in self.nested)
 
     @cached_property
     def producer(self) -> dict[str, Eqn]:

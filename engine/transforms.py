@@ -11,7 +11,7 @@ Hessian `jacfwd` of `grad`; neither builds more than it returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from engine.interpreter import run_eqns
-from engine.program import Program
+from engine.program import Eqn, Program
 
 PureFn = Callable[..., Any]
 
@@ -104,31 +104,44 @@ def _backward(program: Program, query: Query) -> PureFn:
         values = tuple(env[t] for t in query.targets)
         seeds = cotangents if cotangents is not None else tuple(jnp.ones_like(v)
                                                                    for v in values)
-        cts: dict[str, Any] = {}
-
-        def add(name: str, ct: Any) -> None:
-            cts[name] = cts[name] + ct if name in cts else ct
-
-        for name, seed in zip(query.targets, seeds, strict=True):
-            add(name, seed)
-        for eqn in reversed(eqns):
-            if not eqn.prim.differentiable or not any(o in cts for o in eqn.outs):
-                continue
-            args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
-            at = [i for i, a in enumerate(eqn.args)
-                  if isinstance(a, str) and jnp.issubdtype(args[i].dtype, jnp.inexact)]
-            if not at:
-                continue
-            pullback = _pullback(eqn, args, at)
-            outs = [env[o] for o in eqn.outs]
-            arg_cts = pullback(tuple(cts.get(o, jnp.zeros_like(v))
-                                     for o, v in zip(eqn.outs, outs, strict=True)))
-            for i, ct in zip(at, arg_cts, strict=True):
-                add(eqn.args[i], ct)  # type: ignore[arg-type]
+        cts = pull_back(eqns, env, literals, zip(query.targets, seeds, strict=True))
         grads = tuple(cts[s] if s in cts else jnp.zeros_like(env[s]) for s in query.sources)
         return values, grads
 
     return fn
+
+
+def pull_back(eqns: Sequence[Eqn], env: Mapping[str, Any], literals: tuple[Any, ...],
+              seeds: Iterable[tuple[str, Any]],
+              on_eqn: Callable[[Eqn, tuple[Any, ...]], None] | None = None) -> dict[str, Any]:
+    """Cotangents by name: from the `seeds` (name, cotangent), each equation is pulled back
+    with `jax.vjp` of its primitive at its values in `env`, from the last to the first,
+    accumulating by name. `on_eqn(eqn, cotangents)` sees what each equation gives its
+    floating-point arguments (the numerics check reads them)."""
+    cts: dict[str, Any] = {}
+
+    def add(name: str, ct: Any) -> None:
+        cts[name] = cts[name] + ct if name in cts else ct
+
+    for name, seed in seeds:
+        add(name, seed)
+    for eqn in reversed(eqns):
+        if not eqn.prim.differentiable or not any(o in cts for o in eqn.outs):
+            continue
+        args = [env[a] if isinstance(a, str) else literals[a] for a in eqn.args]
+        at = [i for i, a in enumerate(eqn.args)
+              if isinstance(a, str) and jnp.issubdtype(args[i].dtype, jnp.inexact)]
+        if not at:
+            continue
+        pullback = _pullback(eqn, args, at)
+        outs = [env[o] for o in eqn.outs]
+        arg_cts = pullback(tuple(cts.get(o, jnp.zeros_like(v))
+                                 for o, v in zip(eqn.outs, outs, strict=True)))
+        if on_eqn is not None:
+            on_eqn(eqn, tuple(arg_cts))
+        for i, ct in zip(at, arg_cts, strict=True):
+            add(eqn.args[i], ct)  # type: ignore[arg-type]
+    return cts
 
 
 def _pullback(eqn: Any, args: list[Any], at: list[int]) -> Callable[[tuple[Any, ...]],
@@ -207,6 +220,25 @@ def _jvp(program: Program, query: Query) -> PureFn:
         return jax.jvp(lambda s: f(s, inputs, literals), (sources,), (tuple(tangents),))
 
     return fn
+
+
+def batched(fn: PureFn, batch: Sequence[str], sources: Sequence[str]) -> PureFn:
+    """`fn` mapped with `jax.vmap` over axis 0 of the inputs named in `batch` (and of the
+    `sources`, the query's, that are those inputs); everything else is shared by the examples, and every
+    result gains a leading batch axis.
+
+    Each example runs the whole query on its own: a per-example gradient with respect to a
+    shared weight is that example's gradient, as `vmap(grad(f), in_axes=(None, 0))` gives it.
+    """
+    mapped = frozenset(batch)
+    source_axes = tuple(0 if s in mapped else None for s in sources)
+
+    def fn_batched(inputs: dict[str, Any], literals: tuple[Any, ...], values: tuple[Any, ...],
+                   extra: Any) -> Any:
+        axes = ({n: 0 if n in mapped else None for n in inputs}, None, source_axes, None)
+        return jax.vmap(fn, in_axes=axes)(inputs, literals, values, extra)
+
+    return fn_batched
 
 
 BUILDERS: dict[str, Callable[[Program, Query], PureFn]] = {

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
                                      "work is over this many floating-point operations")
     max_response_bytes: int = Field(256 * 1024**2, ge=1024, description="413 when the "
                                     "tensors of an answer would hold more raw bytes")
+    max_iterations: int = Field(
+        10_000, ge=1, description="the most iterations of a while_loop without "
+        "max_iterations (forward mode only); one that reaches it is a 422")
     max_graphs: int = Field(10_000, ge=1, description="registered graphs kept (LRU)")
     graph_cache_bytes: int = Field(512 * 1024**2, ge=1024, description="bytes of registered "
                                    "graphs kept (LRU, with max_graphs)")

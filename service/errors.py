@@ -22,6 +22,7 @@ from engine.errors import (
     EngineError,
     InvalidGraph,
     InvalidTensor,
+    NonFinite,
     NotFound,
     TooLarge,
 )
@@ -33,6 +34,7 @@ log = logging.getLogger("gradtape")
 STATUS: dict[type[EngineError], int] = {
     InvalidGraph: 422,
     InvalidTensor: 422,
+    NonFinite: 422,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
@@ -43,7 +45,10 @@ STATUS: dict[type[EngineError], int] = {
 
 def problem(status: int, detail: str, *, title: str | None = None, slug: str | None = None,
             errors: list[dict[str, Any]] | None = None, node: str | None = None,
-            headers: dict[str, str] | None = None) -> ProblemResponse:
+            headers: dict[str, str] | None = None,
+            extra: dict[str, Any] | None = None) -> ProblemResponse:
+    """`extra`: the fields of a problem type's own (a `non-finite` problem's `phase` and
+    counts)."""
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {
         "type": f"urn:gradtape:problem:{slug or phrase.lower().replace(' ', '-')}",
@@ -55,6 +60,7 @@ def problem(status: int, detail: str, *, title: str | None = None, slug: str | N
         body["errors"] = errors
     if node is not None:
         body["node"] = node
+    body.update(extra or {})
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
@@ -72,10 +78,11 @@ async def engine_error(request: Request, exc: Exception) -> ProblemResponse:
     status = STATUS.get(type(exc), 422)
     loc = list(exc.loc) if exc.loc[:1] in (("path",), ("query",)) else ["body", *exc.loc]
     errors = [{"loc": loc, "msg": exc.detail}] if exc.loc else None
-    detail = exc.detail if exc.node is None else f"node {exc.node!r}: {exc.detail}"
+    # raised inside a function, the detail already names the path to it (node, function, ...)
+    detail = exc.detail if exc.node is None or exc.path else f"node {exc.node!r}: {exc.detail}"
     retry = getattr(exc, "retry_after", None)
     return problem(status, detail, title=exc.title, slug=exc.title.lower().replace(" ", "-"),
-                   errors=errors, node=exc.node,
+                   errors=errors, node=exc.node, extra=exc.extra(),
                    headers={"Retry-After": str(retry)} if retry is not None else None)
 
 

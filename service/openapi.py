@@ -70,7 +70,9 @@ ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "this route takes application/json, not text/plain")),
     422: ("The request parses but is invalid: the schema, an unknown op, an undefined name, "
           "a wrong arity, a shape or dtype mismatch, an Idempotency-Key used for another "
-          "request.", problems.EXAMPLE),
+          "request; or, with `check_numerics`, a NaN or an infinity: a problem of type "
+          "`urn:gradtape:problem:non-finite` whose `node`, `phase` (`forward` or `backward`), "
+          "`nan_count` and `inf_count` say where it first appeared.", problems.EXAMPLE),
     429: ("Over a capacity limit (too many sessions).", _problem(
         "capacity-exceeded", "Capacity exceeded", 429, "the server holds its maximum of 1000 "
         "sessions; delete sessions you no longer need or retry after some expire")),

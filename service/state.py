@@ -70,7 +70,8 @@ class Services:
                         max_edges=settings.max_edges,
                         max_request_bytes=settings.max_request_bytes,
                         max_request_flops=settings.max_request_flops,
-                        max_response_bytes=settings.max_response_bytes)
+                        max_response_bytes=settings.max_response_bytes,
+                        max_iterations=settings.max_iterations)
         engine = Engine(limits, cache, TypeCache())
         registry = GraphRegistry(settings.max_graphs, limits, settings.graph_cache_bytes)
         store_limits = StoreLimits(

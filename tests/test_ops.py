@@ -86,6 +86,27 @@ class Lit:
 # ----- oracles -----
 
 
+def fn(params: list[str], outputs: list[str], *nodes: tuple[Any, ...]) -> dict[str, Any]:
+    """A function object: nodes as (id, op, args...)."""
+    return {"params": params, "outputs": outputs,
+            "nodes": [{"id": n[0], "op": n[1], "args": list(n[2:])} for n in nodes]}
+
+
+def _iterate(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, times: int) -> np.ndarray:
+    for _ in range(times):
+        x = f(x)
+    return x
+
+
+def _scan_oracle(c: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ys = []
+    for x in xs:
+        y = c * x
+        c = y + np.sin(c)
+        ys.append(y)
+    return c, np.stack(ys)
+
+
 def vec(f: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
     return np.vectorize(f, otypes=[np.float64])
 
@@ -387,6 +408,28 @@ SPECS: dict[str, Spec] = {
     "stop_gradient": un(lambda x: x),
     "zeros_like": un(np.zeros_like),
     "ones_like": un(np.ones_like),
+    # control flow: functions inline in the attrs, oracles in plain NumPy loops
+    "call": S(lambda x, y: (np.sin(x) * y,), U(X), U(V),
+              attrs={"function": fn(["a", "b"], ["r"], ("s", "sin", "a"),
+                                    ("r", "multiply", "s", "b"))}),
+    "cond": S(lambda p, x: (np.tanh(x),), Lit(True), U(X),
+              attrs={"true": fn(["a"], ["r"], ("r", "tanh", "a")),
+                     "false": fn(["a"], ["r"], ("r", "multiply", "a", "a"))}),
+    "fori_loop": S(lambda x: (_iterate(lambda c: np.sin(c) + 0.5 * c, x, 3),), U(X),
+                   attrs={"lower": 0, "upper": 3,
+                          "body": fn(["i", "c"], ["r"], ("s", "sin", "c"),
+                                     ("h", "multiply", "c", 0.5), ("r", "add", "s", "h"))}),
+    "while_loop": S(lambda x, k: (_iterate(lambda c: np.sin(c) + 0.5 * c, x, 3), np.float64(3)),
+                    U(V), Lit(0.0),
+                    attrs={"max_iterations": 5,
+                           "cond": fn(["c", "k"], ["go"], ("go", "less", "k", 2.5)),
+                           "body": fn(["c", "k"], ["r", "k1"], ("s", "sin", "c"),
+                                      ("h", "multiply", "c", 0.5), ("r", "add", "s", "h"),
+                                      ("k1", "add", "k", 1.0))}),
+    "scan": S(_scan_oracle, U(V), U((4, 3)),
+              attrs={"num_carry": 1, "body": fn(["c", "x"], ["r", "y"],
+                                                ("y", "multiply", "c", "x"), ("s", "sin", "c"),
+                                                ("r", "add", "y", "s"))}),
 }
 
 # Second order is skipped for piecewise ops: at a kink the second derivative is undefined and

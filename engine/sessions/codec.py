@@ -4,8 +4,8 @@ Everything but tensor data becomes one JSON document (orjson): names, variables 
 versions, tapes with their records, recorded gradients' specs. Tensor data is stored apart,
 one entry per tensor id, as a small header and the raw little-endian bytes, so a replica can
 cache tensors by id and fetch only those it lacks. JSON has no tuples, and attributes must
-come back as tuples (they key compile caches), so tuples, scalar constants and gradient
-specs are tagged.
+come back as tuples (they key compile caches), so tuples, scalar constants, gradient
+specs and functions are tagged.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 import orjson
 
 from engine.dtypes import DTYPES, dtype_name
+from engine.graph import Functions, function_document
+from engine.program import Function
 from engine.sessions.state import (
     Binding,
     Const,
@@ -40,6 +42,8 @@ def _value(v: Any) -> Any:
                       "with_cotangent": v.with_cotangent}}
     if isinstance(v, Const):
         return {"C": v.value}
+    if isinstance(v, Function):  # a control-flow op's function, with those it calls inline
+        return {"F": [v.name, function_document(v)]}
     return v
 
 
@@ -53,6 +57,9 @@ def _unvalue(v: Any) -> Any:
                                 tuple(_unsource(s) for s in g["sources"]), g["with_cotangent"])
         if "C" in v:
             return Const(v["C"])
+        if "F" in v:
+            name, document = v["F"]
+            return Functions(None).parse(document, name, ())
     return v
 
 

@@ -22,7 +22,7 @@ from engine import optim
 from engine.compute import Bound, Engine, Limits, Offload, inline_limit
 from engine.dtypes import is_float
 from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge, clip
-from engine.graph import decode_literal, node_label, resolve_node
+from engine.graph import Functions, decode_literal, node_label, resolve_node
 from engine.program import Eqn, Program
 from engine.sessions import replay
 from engine.sessions.state import (
@@ -137,10 +137,13 @@ class SessionRuntime:
 
     def run(self, s: Session, nodes: Sequence[Mapping[str, Any]], fetch: Sequence[str] | None,
             max_nodes: int, inputs: Mapping[str, Any] | None = None,
-            watch: Mapping[str, Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+            watch: Mapping[str, Sequence[str]] | None = None,
+            check_numerics: bool = False,
+            functions: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Bind `inputs` as constants, let tapes `watch` names, then evaluate `nodes` in order,
         bind their ids and record them on recording tapes (one request for what a client would
-        otherwise send as PUTs, watches and a run)."""
+        otherwise send as PUTs, watches and a run). `functions` ({name: function}) are what
+        the nodes' function attributes may name, as a graph's."""
         if not nodes and not inputs and not watch:
             raise InvalidGraph("nothing to do: give nodes to run (or inputs to bind, or "
                                "tensors to watch)", loc=("nodes",))
@@ -165,7 +168,7 @@ class SessionRuntime:
             raise TooLarge(f"the nodes have {edges} arguments in all; the limit is "
                            f"{self.engine.limits.max_edges} (GRADTAPE_MAX_EDGES)",
                            loc=("nodes",))
-        plan = _RunPlan(s, self.engine.limits)
+        plan = _RunPlan(s, self.engine.limits, functions)
         for i, node in enumerate(nodes):
             plan.add(node, i)
         program = plan.program()
@@ -174,7 +177,8 @@ class SessionRuntime:
             if name not in known and name not in s.names:
                 raise InvalidGraph(f"fetch names {clip(name)}, which is not a tensor of the "
                                    "session nor a node of this run", loc=("fetch", i))
-        bound = self.engine.bind_values(program, plan.input_values())
+        bound = self.engine.bind_values(program, plan.input_values(),
+                                        check_numerics=check_numerics)
         # the session's budget is checked from the inferred types, before anything runs
         recording = sum(1 for t in s.tapes.values() if t.recording)
         self.byte_budget(s, sum(bound.types[o].dtype.itemsize * math.prod(bound.types[o].shape)
@@ -405,7 +409,8 @@ class SessionRuntime:
                  sources: Sequence[str] | None, output_gradients: Any = None,
                  unconnected: str = "none",
                  save_as: Mapping[str, str] | None = None, apply: str | None = None,
-                 fetch_gradients: bool = False) -> dict[str, Any]:
+                 fetch_gradients: bool = False, check_numerics: bool = False
+                 ) -> dict[str, Any]:
         """d target / d sources; a list of targets gets the gradient of their total, as
         TensorFlow's `tape.gradient` gives it. With `apply`, the gradients with respect to
         that optimiser's variables (the default sources) are applied as one update, and the
@@ -427,10 +432,12 @@ class SessionRuntime:
             if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
                 output_gradients = output_gradients[target]  # {target: tensor}
             grads, query, cotangent = self._gradient(s, tape, target, sources,
-                                                     output_gradients, ("target",))
+                                                     output_gradients, ("target",),
+                                                     check_numerics)
         else:
             grads, query, cotangent = self._total_gradient(s, tape, list(target), sources,
-                                                           output_gradients, bool(save_as))
+                                                           output_gradients, bool(save_as),
+                                                           check_numerics)
         grads = {label: g if g is not None else self._zeros(s, query, label, (), unconnected)
                  for label, g in grads.items()}
         if save_as:
@@ -456,9 +463,10 @@ class SessionRuntime:
                        "more; name the sources explicitly")
 
     def _gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                  output_gradients: Any, loc: tuple[str | int, ...]
+                  output_gradients: Any, loc: tuple[str | int, ...],
+                  check_numerics: bool = False
                   ) -> tuple[dict[str, Any], _TapeQuery, np.ndarray | None]:
-        query = self._prepare(s, tape, target, sources, loc=loc)
+        query = self._prepare(s, tape, target, sources, loc=loc, check_numerics=check_numerics)
         grads: dict[str, Any] = {label: None for label in sources}
         cotangent = None
         if output_gradients is not None:
@@ -478,7 +486,8 @@ class SessionRuntime:
         return grads, query, cotangent
 
     def _total_gradient(self, s: Session, tape: Tape, targets: list[str],
-                        sources: Sequence[str], output_gradients: Any, saving: bool
+                        sources: Sequence[str], output_gradients: Any, saving: bool,
+                        check_numerics: bool = False
                         ) -> tuple[dict[str, Any], _TapeQuery, None]:
         if not targets:
             raise InvalidGraph("target is an empty list: name one target or several",
@@ -497,7 +506,8 @@ class SessionRuntime:
         query = None
         for i, target in enumerate(targets):
             cot = output_gradients[target] if output_gradients is not None else None
-            grads, query, _ = self._gradient(s, tape, target, sources, cot, ("target", i))
+            grads, query, _ = self._gradient(s, tape, target, sources, cot, ("target", i),
+                                             check_numerics)
             for label, g in grads.items():
                 if g is not None:
                     total[label] = g if total[label] is None else np.add(total[label], g)
@@ -505,30 +515,70 @@ class SessionRuntime:
         return total, query, None
 
     def jacobian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                 unconnected: str = "none", batch: bool = False) -> dict[str, Any]:
-        query = self._prepare(s, tape, target, sources)
+                 unconnected: str = "none", batch: bool = False,
+                 check_numerics: bool = False) -> dict[str, Any]:
+        """The Jacobian of `target` with respect to each source; with `batch`, TensorFlow's
+        batch_jacobian: [batch, target..., source...], the examples (axis 0 of the target and
+        of every source) being independent."""
+        query = self._prepare(s, tape, target, sources, check_numerics=check_numerics)
         tshape = tuple(self._value(s, target).shape)
         if batch:
             self._check_batch(s, target, sources, tshape)
         jac: dict[str, Any] = {label: None for label in sources}
         value: Any = self._value(s, target)
         if query.live:
-            out = self.engine.jacobian(*query.ready, query.live_names)
+            out = self._per_example_jacobian(query, value) if batch else None
+            if out is None:
+                out = self.engine.jacobian(*query.ready, query.live_names)
+                if batch:  # rows that interact: the diagonal blocks of the full Jacobian
+                    out["jacobian"] = {n: _batch_diagonal(j, len(tshape))
+                                       for n, j in out["jacobian"].items()}
             value = out["value"]
             for label, name in query.live.items():
                 jac[label] = out["jacobian"][name]
         for label in sources:
-            block = jac[label] if jac[label] is not None else \
-                self._zeros(s, query, label, tshape, unconnected)
-            jac[label] = _batch_diagonal(block, len(tshape)) if batch and block is not None \
-                else block
+            spec = query.specs[label]
+            if jac[label] is None and unconnected == "zero" and query.floats[label]:
+                shape = tshape + spec.shape[1:] if batch else tshape + spec.shape
+                jac[label] = np.zeros(shape, spec.dtype)
         self._use(s, tape)
         return {"value": value, "jacobian": jac}
 
+    def _per_example_jacobian(self, query: _TapeQuery, value: np.ndarray
+                              ) -> dict[str, Any] | None:
+        """batch_jacobian without the full Jacobian: the replay mapped over the examples
+        (`vmap`), each seeing its own row of every input that has the batch's leading size
+        (kept as an axis of size 1) and the whole of the others. The replay allows it when its
+        types check so and the examples' values, together, are the target's: otherwise its
+        rows interact (a sum over the batch, say), and this is None."""
+        bound, target = query.ready
+        size = value.shape[0]
+        rows = tuple(n for n in bound.program.inputs
+                     if bound.inputs[n].ndim and bound.inputs[n].shape[0] == size)
+        values = {n: v.reshape(size, 1, *v.shape[1:]) if n in rows else v
+                  for n, v in bound.inputs.items()}
+        try:
+            each = self.engine.bind_values(bound.program, values, rows, bound.check_numerics)
+        except InvalidGraph:
+            return None
+        if each.shape(target) != (1, *value.shape[1:]):
+            return None
+        each.labels.update(bound.labels)
+        out = self.engine.jacobian(each, target, query.live_names)
+        found = np.reshape(out["value"], value.shape)
+        tolerance = float(np.finfo(value.dtype).eps) ** 0.5
+        if not np.allclose(found, value, rtol=tolerance, atol=tolerance, equal_nan=True):
+            return None
+        return {"value": found,
+                "jacobian": {n: np.reshape(j, value.shape + bound.shape(n)[1:])
+                             for n, j in out["jacobian"].items()}}
+
     def hvp(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
             vectors: Mapping[str, Any], unconnected: str = "none",
-            include: Sequence[str] | None = None) -> dict[str, Any]:
-        query = self._prepare(s, tape, target, sources, scalar="hvp")
+            include: Sequence[str] | None = None, check_numerics: bool = False
+            ) -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources, scalar="hvp",
+                              check_numerics=check_numerics)
         parts = [p for p in ("value", "gradients", "hvp") if include is None or p in include]
         for label in sources:
             if label not in vectors:
@@ -553,8 +603,9 @@ class SessionRuntime:
         return {p: answer[p] for p in parts}
 
     def hessian(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                unconnected: str = "none") -> dict[str, Any]:
-        query = self._prepare(s, tape, target, sources, scalar="hessian")
+                unconnected: str = "none", check_numerics: bool = False) -> dict[str, Any]:
+        query = self._prepare(s, tape, target, sources, scalar="hessian",
+                              check_numerics=check_numerics)
         value: Any = self._value(s, target)
         grads: dict[str, Any] = {label: None for label in sources}
         hess: dict[str, dict[str, Any]] = {a: {b: None for b in sources} for a in sources}
@@ -579,8 +630,8 @@ class SessionRuntime:
     # ----- helpers -----
 
     def _prepare(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
-                 scalar: str | None = None, loc: tuple[str | int, ...] = ("target",)
-                 ) -> _TapeQuery:
+                 scalar: str | None = None, loc: tuple[str | int, ...] = ("target",),
+                 check_numerics: bool = False) -> _TapeQuery:
         if tape.used and not tape.persistent:
             raise Conflict(f"tape {tape.tape_id!r} is not persistent and has already answered "
                            "once; open the tape with \"persistent\": true to ask it more than "
@@ -628,7 +679,7 @@ class SessionRuntime:
         values = {name: s.values[tid] for name, tid in rep.input_tids.items()}
         values.update((n, np.zeros(shape, dtype)) for n, (shape, dtype) in rep.zeros.items()
                       if n not in rep.input_tids and n.startswith("eps"))
-        bound = self.engine.bind_values(rep.program, values)
+        bound = self.engine.bind_values(rep.program, values, check_numerics=check_numerics)
         bound.labels.update({rep.target: target})
         named = {label: name for label, name in rep.sources.items() if name is not None}
         connected = rep.program.connected((rep.target,), named.values(), bound.is_float)
@@ -791,10 +842,13 @@ class _Step:
 class _RunPlan:
     """Turns a list of session nodes into one Program over canonical names."""
 
-    def __init__(self, s: Session, limits: Limits):
+    def __init__(self, s: Session, limits: Limits, functions: Mapping[str, Any] | None = None):
         self.s = s
         self.limits = limits
         self.max_elements = limits.max_elements
+        self.functions = Functions(functions, max_nodes=limits.max_nodes,
+                                   max_elements=limits.max_elements,
+                                   max_args=limits.max_args_per_node)
         self.input_tids: dict[str, TensorId] = {}
         self._local_of_tid: dict[TensorId, str] = {}
         self.overlay: dict[str, str] = {}  # name -> program name bound in this run
@@ -861,7 +915,7 @@ class _RunPlan:
         if assign is not None:
             self._add_assign(node, i, assign, loc)
             return
-        res = resolve_node(node, loc, i, self.limits.max_args_per_node)
+        res = resolve_node(node, loc, i, self.limits.max_args_per_node, self.functions)
         pairs = [self._arg(a, res.node, (*loc, "args", j)) for j, a in enumerate(res.args)]
         args = [step for step, _ in pairs]
         prog_args = [prog for _, prog in pairs]

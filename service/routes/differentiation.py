@@ -49,7 +49,9 @@ class Stateless:
         def work() -> FastJSONResponse:  # parsing, binding and encoding included: off the loop
             program = registered.program if registered else svc.parse(req.graph)  # when big
             return FastJSONResponse(encode_tree(
-                self.query(svc, req, svc.engine.bind(program, req.inputs)), req.encoding))
+                self.query(svc, req, svc.engine.bind(program, req.inputs, batch=req.batch,
+                                                     check_numerics=req.check_numerics)),
+                req.encoding))
 
         return await svc.run(work, body_bytes=size)
 

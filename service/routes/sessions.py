@@ -99,6 +99,9 @@ async def run(session_id: str, body: RunRequest, svc: ServicesDep, size: BodyByt
     """Run nodes eagerly, in order; tapes that are recording record them."""
     nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
     return await svc.in_session(session_id, lambda s: FastJSONResponse({"values": encode_tree(
-        svc.runtime.run(s, nodes, body.fetch, svc.settings.max_nodes, body.inputs, body.watch),
+        svc.runtime.run(s, nodes, body.fetch, svc.settings.max_nodes, body.inputs, body.watch,
+                        check_numerics=body.check_numerics,
+                        functions={k: f.model_dump(exclude_unset=True)
+                                   for k, f in body.functions.items()}),
         body.encoding)}),
         body_bytes=size, compute=True)

@@ -121,7 +121,7 @@ async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: Servi
                       lambda s, t: svc.runtime.gradient(
                           s, t, body.target, body.sources, body.output_gradients,
                           body.unconnected_gradients, body.save_as, body.apply,
-                          body.fetch_gradients))
+                          body.fetch_gradients, check_numerics=body.check_numerics))
 
 
 @router.post("/{tape_id}/jacobian", response_model=JacobianResponse)
@@ -131,7 +131,8 @@ async def jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: Services
     source.shape."""
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.jacobian(
-                          s, t, body.target, body.sources, body.unconnected_gradients))
+                          s, t, body.target, body.sources, body.unconnected_gradients,
+                          check_numerics=body.check_numerics))
 
 
 @router.post("/{tape_id}/batch_jacobian", response_model=JacobianResponse)
@@ -141,7 +142,7 @@ async def batch_jacobian(session_id: str, tape_id: str, body: TapeQuery, svc: Se
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.jacobian(
                           s, t, body.target, body.sources, body.unconnected_gradients,
-                          batch=True))
+                          batch=True, check_numerics=body.check_numerics))
 
 
 @router.post("/{tape_id}/hvp", summary="Hessian-vector product", response_model=HvpResponse)
@@ -151,7 +152,8 @@ async def hvp(session_id: str, tape_id: str, body: TapeHvp, svc: ServicesDep,
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hvp(
                           s, t, body.target, body.sources, body.vectors,
-                          body.unconnected_gradients, body.include))
+                          body.unconnected_gradients, body.include,
+                          check_numerics=body.check_numerics))
 
 
 @router.post("/{tape_id}/hessian", response_model=HessianResponse)
@@ -160,4 +162,5 @@ async def hessian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesD
     """Hessian blocks {a: {b: d2 target / da db}} of a scalar target."""
     return await _ask(svc, session_id, tape_id, size, body.encoding,
                       lambda s, t: svc.runtime.hessian(
-                          s, t, body.target, body.sources, body.unconnected_gradients))
+                          s, t, body.target, body.sources, body.unconnected_gradients,
+                          check_numerics=body.check_numerics))

@@ -39,6 +39,16 @@ class GraphRequest(Strict):
     encoding: Encoding = Field(
         "json", description="'base64' answers tensors as b64 bytes instead of nested data; "
         "'none' answers dtype and shape only")
+    batch: dict[Name, int] | None = Field(
+        None, examples=[{"x": 0}], description="{input: axis}: the query is mapped over that "
+        "axis of those inputs (their declared shapes are those of one example; the batch "
+        "sizes must agree), the other inputs, vectors, tangents and output_gradients are "
+        "shared, and every answer gains a leading batch axis (per-example values, "
+        "gradients, ...)")
+    check_numerics: bool = Field(
+        False, description="check every value of the forward pass, and every cotangent of the "
+        "backward pass, for NaN and infinity: the first one found is a 422 problem of type "
+        "non-finite naming the node, the phase and the counts")
 
     @model_validator(mode="after")
     def _one_graph(self) -> GraphRequest:

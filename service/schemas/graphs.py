@@ -29,6 +29,18 @@ class Node(Strict):
                                   "(axis, keepdims, shape, ...)")
 
 
+class Function(Strict):
+    params: list[Name] = Field(description="the function's arguments, in order; its nodes "
+                               "see only these (no names from outside)")
+    nodes: list[Node] = Field(min_length=1)
+    outputs: list[Name] | Name = Field(description="its results, in order")
+
+
+FUNCTIONS = ("{name: function}: functions that nodes' function attributes (call's function; "
+             "cond's true and false; the loops' body and cond) may name; an attribute may also "
+             "hold a function object inline")
+
+
 class Graph(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [TUTORIAL_GRAPH]})
 
@@ -36,6 +48,7 @@ class Graph(Strict):
         None, description="placeholders; when left out, every used but undefined name is one")
     nodes: list[Node] = Field(min_length=1)
     outputs: list[str] | str | None = Field(None, description="defaults to the last node")
+    functions: dict[Name, Function] | None = Field(None, description=FUNCTIONS)
 
     def plain(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

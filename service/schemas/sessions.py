@@ -9,10 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from service.schemas import examples
 from service.schemas.base import Name, Strict
 from service.schemas.differentiation import HvpPart, all_hvp_parts
-from service.schemas.graphs import Node
+from service.schemas.graphs import FUNCTIONS, Function, Node
 from service.schemas.tensors import Encoding, Tensor, TensorOut
 
 Unconnected = Literal["none", "zero"]
+CHECK_NUMERICS = ("check every value computed, forward and backward, for NaN and infinity: "
+                  "the first one found is a 422 problem of type non-finite naming the node, "
+                  "the phase and the counts (a run then binds none of its nodes' results)")
 Targets = Name | Annotated[list[Name], Field(min_length=1)]
 
 
@@ -64,6 +67,8 @@ class RunRequest(Strict):
     fetch: list[str] | None = Field(None, description="names to return; default: every "
                                     "node's result; [] returns nothing")
     encoding: Encoding = "json"
+    check_numerics: StrictBool = Field(False, description=CHECK_NUMERICS)
+    functions: dict[Name, Function] = Field(default_factory=dict, description=FUNCTIONS)
 
 
 class OpenTape(Strict):
@@ -122,6 +127,7 @@ class TapeQuery(Strict):
     sources: list[str] = Field(min_length=1)
     unconnected_gradients: Unconnected = "none"
     encoding: Encoding = "json"
+    check_numerics: StrictBool = Field(False, description=CHECK_NUMERICS)
 
 
 class TapeGradient(TapeQuery):
