@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ["admission.py", "check_numerics.py", "cold_start.py", "compile_budget.py", "event_loop.py",
+SMOKE = ["admission.py", "batch.py", "check_numerics.py", "cold_start.py", "compile_budget.py", "event_loop.py",
          "http_overhead.py", "memory_estimate.py", "minimize.py", "mlp.py", "scale_out.py",
          "session_training.py", "training_step.py"]
 
