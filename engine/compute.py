@@ -331,6 +331,14 @@ class Engine:
                 "tangents": {n: t if bound.is_float(n) else None
                              for n, t in zip(names, touts, strict=True)}}
 
+    def jvp_stack(self, bound: Bound, source: str, tangents: np.ndarray,
+                  output: str) -> np.ndarray:
+        """d output along each of the directions stacked on axis 0 of `tangents` (each shaped
+        like `source`), in one compiled call: [directions, *output.shape]."""
+        query = self._query(bound, "jvp", (output,), (source,), stack=len(tangents))
+        _, pushed = self._run(bound, query, self._source_values(bound, (source,)), (tangents,))
+        return np.asarray(pushed[0])
+
     # ----- helpers -----
 
     def _value_only(self, bound: Bound, name: str) -> Any:

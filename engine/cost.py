@@ -116,7 +116,8 @@ def estimate(program: Program, types: Mapping[str, Any], query: Query) -> Cost:
     if kind == "gradient":
         result += sum(_bytes(types[s]) for s in query.sources)
     elif kind == "jvp":
-        result *= 2
+        expansion = max(query.stack, 1)
+        result *= 1 + expansion
     elif kind == "hvp":
         result += 2 * sum(_bytes(types[s]) for s in query.sources)
     elif kind == "jacobian":

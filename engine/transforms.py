@@ -38,6 +38,7 @@ class Query:
     mode: str = "rev"
     parts: tuple[str, ...] = ()  # the results to return, for kinds that have several; (): all
     stored: tuple[str, ...] = ()  # intermediates whose values come with the inputs
+    stack: int = 0  # jvp: how many tangents are stacked on axis 0 (0: one, unstacked)
 
 
 def targets_of(program: Program, query: Query) -> Callable[..., tuple[Any, ...]]:
@@ -219,7 +220,19 @@ def _jvp(program: Program, query: Query) -> PureFn:
            tangents: tuple[Any, ...]) -> Any:
         return jax.jvp(lambda s: f(s, inputs, literals), (sources,), (tuple(tangents),))
 
-    return fn
+    if not query.stack:
+        return fn
+
+    def stacked(inputs: dict[str, Any], literals: tuple[Any, ...], sources: tuple[Any, ...],
+                tangents: tuple[Any, ...]) -> Any:
+        """Several directions at once (axis 0 of every tangent): the values once, the
+        tangents stacked, as `jax.jacfwd` pushes its basis."""
+        def push(t: tuple[Any, ...]) -> Any:
+            return fn(inputs, literals, sources, t)[1]
+
+        return f(sources, inputs, literals), jax.vmap(push)(tuple(tangents))
+
+    return stacked
 
 
 def batched(fn: PureFn, batch: Sequence[str], sources: Sequence[str]) -> PureFn:

@@ -320,3 +320,21 @@ def test_batch_jacobian_of_interacting_rows_is_still_the_diagonal(client: TestCl
     full = jax.jacfwd(lambda v: v * jnp.sum(v))(x)  # [3, 2, 3, 2]
     np.testing.assert_allclose(arr(r.json()["jacobian"]["x"]),
                                np.stack([full[i, :, i] for i in range(3)]), rtol=1e-12)
+
+
+def test_batch_jacobian_of_a_big_batch_of_interacting_rows_goes_by_blocks() -> None:
+    # rows that interact (each row scaled by the batch's total): no per-example replay, and the
+    # full Jacobian (300*2 x 300*2 = 360000 elements) is over the limit: blocks of examples
+    batch = 300
+    x = RNG.normal(size=(batch, 2))
+    nodes = [node("t", "reduce_sum", "x"), node("y", "multiply", "x", "t")]
+    with make(max_elements=100_000) as c:
+        tape = tape_of(c, x, np.ones(2), nodes)
+        found = problem(c.post(f"{tape}/jacobian", json={"target": "y", "sources": ["x"]}), 413)
+        assert "360000" in found["detail"], found
+        r = c.post(f"{tape}/batch_jacobian", json={"target": "y", "sources": ["x"]})
+        assert r.status_code == 200, r.text
+    full = jax.jacfwd(lambda v: v * jnp.sum(v))(x)  # [300, 2, 300, 2], here in the test only
+    want = np.stack([full[i, :, i] for i in range(batch)])
+    np.testing.assert_allclose(arr(r.json()["jacobian"]["x"]), want, rtol=1e-12)
+    np.testing.assert_allclose(arr(r.json()["value"]), x * x.sum(), rtol=1e-12)

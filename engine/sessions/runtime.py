@@ -528,9 +528,11 @@ class SessionRuntime:
         value: Any = self._value(s, target)
         if query.live:
             out = self._per_example_jacobian(query, value) if batch else None
+            if out is None and batch:  # rows that interact, or shapes that name the batch
+                out = self._blocked_batch_jacobian(query, value)
             if out is None:
                 out = self.engine.jacobian(*query.ready, query.live_names)
-                if batch:  # rows that interact: the diagonal blocks of the full Jacobian
+                if batch:  # small enough: the diagonal blocks of the full Jacobian
                     out["jacobian"] = {n: _batch_diagonal(j, len(tshape))
                                        for n, j in out["jacobian"].items()}
             value = out["value"]
@@ -542,6 +544,39 @@ class SessionRuntime:
                 shape = tshape + spec.shape[1:] if batch else tshape + spec.shape
                 jac[label] = np.zeros(shape, spec.dtype)
         self._use(s, tape)
+        return {"value": value, "jacobian": jac}
+
+    def _blocked_batch_jacobian(self, query: _TapeQuery, value: np.ndarray
+                                ) -> dict[str, Any] | None:
+        """batch_jacobian by blocks of examples, when the full Jacobian would be over the
+        element limit (else None: that one is cheaper): forward mode along the directions of
+        a block of examples' source rows at once, keeping only each example's own target
+        row, so at most one block's directions are ever held."""
+        bound, target = query.ready
+        limit = self.engine.limits.max_elements
+        size = value.shape[0]
+        t_size = value.size
+        names = query.live_names
+        if sum(t_size * math.prod(bound.shape(n)) for n in names) <= limit:
+            return None
+        jac: dict[str, np.ndarray] = {}
+        for name in names:
+            shape = bound.shape(name)
+            row = math.prod(shape[1:])
+            # one block's tangents and its pushed-forward targets stay under the limit
+            block = max(1, min(size, limit // max(1, row * (t_size + math.prod(shape)))))
+            rows = np.empty((size, row, *value.shape[1:]), value.dtype)
+            for start in range(0, size, block):
+                examples = np.arange(start, min(start + block, size))
+                basis = np.zeros((block * row, size, row), bound.types[name].dtype)
+                k = np.arange(len(examples) * row)
+                basis[k, np.repeat(examples, row), np.tile(np.arange(row), len(examples))] = 1
+                pushed = self.engine.jvp_stack(bound, name, basis.reshape(-1, *shape), target)
+                pushed = pushed[:len(examples) * row].reshape(len(examples), row, *value.shape)
+                rows[examples] = pushed[np.arange(len(examples)), :, examples]
+            # [batch, source row, target row...] -> [batch, target row..., source row...]
+            moved = np.moveaxis(rows, 1, -1)
+            jac[name] = moved.reshape(value.shape + shape[1:])
         return {"value": value, "jacobian": jac}
 
     def _per_example_jacobian(self, query: _TapeQuery, value: np.ndarray
