@@ -11,12 +11,13 @@ Each (case, mode) runs in a fresh Python process, so that peaks never mix. The p
    trivial `jax.jit` op, then collects garbage: its resident set size now (VmRSS of
    /proc/self/status) is the baseline;
 2. resets the kernel's peak-RSS mark to the current RSS (`echo 5 > /proc/self/clear_refs`,
-   Linux >= 4.0), so that `getrusage(RUSAGE_SELF).ru_maxrss` afterwards is the peak of the
-   query alone, not of the imports before it;
+   Linux >= 4.0), so that VmHWM afterwards is the peak of the query alone, not of the
+   imports before it (nor of the process it was forked from: `getrusage`'s ru_maxrss keeps
+   that one across `exec`);
 3. runs the query once through `Engine` and records the `Cost` that `Engine.admit` receives
    (the estimate the service decides on);
-4. reports measured = ru_maxrss - baseline VmRSS.
-Where the reset is not possible, ru_maxrss still holds the peak of the imports, and measured
+4. reports measured = VmHWM - baseline VmRSS.
+Where the reset is not possible, VmHWM still holds the peak of the imports, and measured
 is then an upper bound of the query's own peak (the table says so in its method line).
 
 Modes: `eager` uses the compile cache's default path for a first request (the query runs op
@@ -243,9 +244,13 @@ LIMITS = {"max_request_bytes": 2**62, "max_request_flops": 1e30,
 
 
 def peak_kib() -> int:
+    """This process's peak RSS: VmHWM of /proc/self/status, which the reset lowers. Not
+    `getrusage`'s ru_maxrss: Linux carries the image that ran before `exec` into it, so a
+    child forked from a big process (a long test session) would report the parent's size."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    hwm = proc_status_kib("self", "VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child(case: Case, mode: str) -> dict[str, Any]:
@@ -481,10 +486,10 @@ def summary(rows: Sequence[dict[str, dict[str, Any]]]) -> str:
 def method(rows: Sequence[dict[str, dict[str, Any]]]) -> str:
     records = [r for row in rows for r in row.values() if r.get("status") == "ok"]
     if records and all(r["peak_reset"] for r in records):
-        return ("measured = ru_maxrss after the query - VmRSS before it, with the peak mark "
+        return ("measured = VmHWM after the query - VmRSS before it, with the peak mark "
                 "reset (/proc/self/clear_refs) after the baseline; one fresh process per cell")
-    return ("measured = ru_maxrss after the query - VmRSS before it; the peak mark could NOT "
-            "be reset, so ru_maxrss includes the imports' peak and measured is an upper "
+    return ("measured = VmHWM after the query - VmRSS before it; the peak mark could NOT "
+            "be reset, so VmHWM includes the imports' peak and measured is an upper "
             "bound; one fresh process per cell")
 
 
