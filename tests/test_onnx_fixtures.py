@@ -3,7 +3,8 @@ frameworks"): the fixtures under tests/fixtures/onnx, made once by make_fixtures
 (scikit-learn, Keras) and export_torch.py (PyTorch), are registered with POST /v1/graphs as
 application/onnx. Their forward pass is compared with onnxruntime and with the framework's own
 answer saved beside them; their gradients (input saliency, and with respect to every weight)
-with central finite differences of the translated graph computed in float64.
+with central finite differences of the translated graph computed in float64, and (PyTorch's
+models, written again in jax.numpy from their weights) with `jax.grad`.
 
 Every fixture listed in manifest.json must be there: a missing one fails, it is not skipped.
 """
@@ -14,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.compute import Engine
 from engine.graph import parse_graph
@@ -310,3 +313,42 @@ def test_a_dynamic_shape_read_otherwise_is_a_422(client: TestClient) -> None:
                   {"x": (np.float32, ["N"])}, {"y": (np.float32, ["N"])}, {})
     r = client.post("/v1/graphs", content=proto.SerializeToString(), headers=ONNX)
     problem(r, 422, "ONNX node 'scale' (Mul)", "computed from a shape that is not static")
+
+
+# ----- gradients against JAX on the same function, written by hand from the weights
+
+
+def _torch_mlp(w: dict[str, Any], x: Any) -> Any:
+    h = jnp.tanh(x @ w["0.weight"].T + w["0.bias"])
+    return jax_softmax(h @ w["2.weight"].T + w["2.bias"])
+
+
+def _torch_cnn(w: dict[str, Any], x: Any) -> Any:
+    c = jax.lax.conv_general_dilated(x, w["0.weight"], (1, 1), [(1, 1), (1, 1)])
+    r = jax.nn.relu(c + w["0.bias"][None, :, None, None])
+    p = jax.lax.reduce_window(r, -np.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+    return jax_softmax(p.reshape(p.shape[0], -1) @ w["4.weight"].T + w["4.bias"])
+
+
+def jax_softmax(z: Any) -> Any:
+    return jax.nn.softmax(z, axis=1)
+
+
+@pytest.mark.parametrize("name, fn", [("torch_mlp", _torch_mlp), ("torch_cnn", _torch_cnn)])
+def test_gradients_match_jax_on_the_same_function(client: TestClient, name: str,
+                                                   fn: Any) -> None:
+    proto, saved = load(name)
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    x = saved["x"]
+    out, x_name = ENTRIES[name]["output"], input_name(proto)
+    gid = register(client, proto)["graph_id"]
+    cot = np.random.default_rng(5).normal(size=saved["y"].shape).astype(np.float32)
+    r = client.post("/v1/gradient", json={
+        "graph_id": gid, "inputs": {x_name: tensor(x)}, "target": out,
+        "output_gradients": tensor(cot), "sources": [x_name, *weights]})
+    assert r.status_code == 200, r.text
+    got = {n: arr(g) for n, g in r.json()["gradients"].items()}
+    want_w, want_x = jax.grad(lambda w, v: (fn(w, v) * cot).sum(), argnums=(0, 1))(weights, x)
+    np.testing.assert_allclose(got[x_name], want_x, rtol=1e-4, atol=1e-6)
+    for n in weights:
+        np.testing.assert_allclose(got[n], want_w[n], rtol=1e-4, atol=1e-6, err_msg=n)
