@@ -28,6 +28,19 @@ class Metrics:
             registry=self.registry)
         self.sessions = Gauge("gradtape_sessions", "Live sessions", registry=self.registry)
 
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency. The labelled children are looked up once per
+        (method, route template, status), a finite set, instead of on every request."""
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(method, route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def watch_cache(self, cache: CompileCache) -> None:
         self.registry.register(_CacheCollector(cache))  # type: ignore[arg-type]
 
@@ -77,6 +90,5 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
+            self.metrics.observe(scope.get("method", ""), template, status,
+                                 time.perf_counter() - start)
