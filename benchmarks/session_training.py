@@ -93,16 +93,20 @@ class SessionTrainer:
             raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
         return None if r.status_code == 204 else r.json()
 
-    def step(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[float]]:
-        """One step; returns its time and the time of each of its requests."""
-        times = []
-
+    def _timer(self, times: list[float]) -> Any:
+        """A `_call` that appends each request's time to `times`."""
         def timed(method: str, path: str, body: Any = None) -> Any:
             start = time.perf_counter()
             out = self._call(method, path, body)
             times.append(time.perf_counter() - start)
             return out
 
+        return timed
+
+    def step(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[float]]:
+        """One step; returns its time and the time of each of its requests."""
+        times: list[float] = []
+        timed = self._timer(times)
         start = time.perf_counter()
         timed("PUT", f"{self.base}/tensors/X", {"value": b64(X)})
         timed("PUT", f"{self.base}/tensors/Y", {"value": b64(Y)})
@@ -138,14 +142,8 @@ class TapeApplyTrainer(SessionTrainer):
             "name": "sgd", "method": "sgd", "learning_rate": LR, "variables": list(WEIGHTS)})
 
     def step(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list[float]]:
-        times = []
-
-        def timed(method: str, path: str, body: Any = None) -> Any:
-            start = time.perf_counter()
-            out = self._call(method, path, body)
-            times.append(time.perf_counter() - start)
-            return out
-
+        times: list[float] = []
+        timed = self._timer(times)
         start = time.perf_counter()
         tape = timed("POST", f"{self.base}/tapes", {})["tape_id"]
         timed("POST", f"{self.base}/run", {"inputs": {"X": b64(X), "Y": b64(Y)},

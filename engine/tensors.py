@@ -433,12 +433,8 @@ def _cast(values: np.ndarray, target: np.dtype, loc: Loc, source: list[Any]) -> 
 
 # ----- tensor objects -----
 
-def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> np.ndarray:
-    unknown = set(obj) - _TENSOR_KEYS
-    if unknown:
-        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
-        raise InvalidTensor(f"unknown tensor field(s) {names}; a tensor object has "
-                            "dtype, shape and data (or b64)", loc=loc)
+def _object_dtype(obj: dict[str, Any], loc: Loc) -> np.dtype:
+    """The dtype a tensor object names (float32 when it names none)."""
     name = obj.get("dtype", DEFAULT_FLOAT)
     if type(name) is not str:
         raise InvalidTensor(f"dtype must be a string, one of {', '.join(DTYPES)}; got "
@@ -447,6 +443,16 @@ def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> n
     if dtype is None:
         raise InvalidTensor(f"unknown dtype {clip(name)}; use one of {', '.join(DTYPES)}",
                             loc=(*loc, "dtype"))
+    return dtype
+
+
+def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> np.ndarray:
+    unknown = set(obj) - _TENSOR_KEYS
+    if unknown:
+        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
+        raise InvalidTensor(f"unknown tensor field(s) {names}; a tensor object has "
+                            "dtype, shape and data (or b64)", loc=loc)
+    dtype = _object_dtype(obj, loc)
     shape = _check_shape(obj.get("shape"), loc, max_elements)
     if ("data" in obj) == ("b64" in obj):
         raise InvalidTensor("a tensor object needs exactly one of 'data' and 'b64'", loc=loc)
@@ -459,7 +465,7 @@ def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> n
     elif data is None:
         raise InvalidTensor(f"'data' is null; {_WRITE_NAN}", loc=data_loc)
     elif isinstance(data, bool | int | float | str):
-        array = _decode_bare(data, data_loc, name)
+        array = _decode_bare(data, data_loc, dtype.name)
     else:
         raise InvalidTensor("'data' must be a number or a (nested) array", loc=data_loc)
     if shape is None:
@@ -562,11 +568,7 @@ def _binary_tensor(obj: dict[str, Any], blob: memoryview, offset: int,
         names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
         raise InvalidTensor(f"field(s) {names} beside binary data; a binary tensor has "
                             "dtype, shape and parameters.binary_data_size only", loc=loc)
-    name = obj.get("dtype", DEFAULT_FLOAT)
-    dtype = DTYPES.get(name) if type(name) is str else None
-    if dtype is None:
-        raise InvalidTensor(f"unknown dtype {clip(name)}; use one of {', '.join(DTYPES)}",
-                            loc=(*loc, "dtype"))
+    dtype = _object_dtype(obj, loc)
     shape = _check_shape(obj.get("shape"), loc, None)
     if shape is None:
         raise InvalidTensor("'shape' is required with binary data", loc=(*loc, "shape"))

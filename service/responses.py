@@ -48,13 +48,14 @@ class FastRoute(APIRoute):
 
         async def route(request: Request) -> Any:
             scope = request.scope
-            if media_types is not None and bodies.binary_header_length(scope) is not None:
-                # a JSON header with binary tensors: parsed as JSON is (bodies.parse)
+            binary = media_types is not None and \
+                bodies.binary_header_length(scope) is not None
+            if binary:  # a JSON header with binary tensors: parsed as JSON is (bodies.parse)
                 scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
                                               if k != b"content-type"]
                          + [(b"content-type", b"application/json")]}
             request = _OrjsonRequest(scope, request.receive)
-            if media_types is not None and bodies.binary_header_length(request.scope) is None:
+            if media_types is not None and not binary:
                 given = request.headers.get("content-type", "")
                 if not _accepted(given, media_types) and await request.body():
                     sent = given.split(";", 1)[0].strip()[:100] or "a body without Content-Type"
