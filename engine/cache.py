@@ -24,13 +24,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jax
 
 from engine.errors import TooLarge
 
 log = logging.getLogger("gradtape.engine")
+V = TypeVar("V")
 
 # XLA compile cost per equation, relative to a plain evaluation, by query kind (fitted from
 # benchmarks/compile_budget.py)
@@ -103,6 +104,32 @@ class _Compiler:
                 future.set_result(None)
             except BaseException as exc:  # reported through the future
                 future.set_exception(exc)
+
+
+class Lru(Generic[V]):
+    """A small bounded map, least recently used out first, safe across threads."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
 
 class CompileCache:

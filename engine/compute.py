@@ -178,7 +178,7 @@ class Engine:
                            f"{list(types[name].shape)}); the limit is {self.limits.max_elements}"
                            " (GRADTAPE_MAX_ELEMENTS)", node=eqn.node if eqn else None)
         if program.indexing:
-            _check_indices(program, values, types)
+            check_indices(program, values, types)
         size = values[batch[0]].shape[0] if batch else 0
         return Bound(program, values, types, batch=tuple(batch), batch_size=size,
                      check_numerics=check_numerics)
@@ -188,19 +188,22 @@ class Engine:
     def evaluate(self, bound: Bound, outputs: Sequence[str] | None = None, *,
                  answered: bool = True) -> dict[str, Any]:
         """Values of `outputs`. `answered=False`: the values are kept on the server (a
-        session's run), so the answer-size limit does not apply to them."""
+        session's run), so the answer-size limit does not apply to them, and they stay the
+        compiled call's arrays."""
         names = tuple(outputs) if outputs else bound.program.outputs
         for i, name in enumerate(names):
             self._check_defined(bound, name, ("outputs", i))
-        values = self._run(bound, Query("evaluate", names), (), None, answered=answered)
+        values = self._run(bound, Query("evaluate", names), (), None, answered=answered,
+                           host=answered)
         return dict(zip(names, values, strict=True))
 
     def gradient(self, bound: Bound, target: str | Sequence[str],
                  sources: Sequence[str] | None = None, output_gradients: Any = None,
-                 unconnected: str = "none", stored: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 unconnected: str = "none", stored: Mapping[str, Any] | None = None,
+                 host: bool = True) -> dict[str, Any]:
         """`stored`: values of intermediates computed before (a session's run kept them);
-        with them only the backward pass runs."""
+        with them only the backward pass runs. `host=False`: the results stay the compiled
+        call's arrays (for a next call on the server, such as an optimiser's update)."""
         targets = self._targets(bound, target)
         names = self._sources(bound, sources)
         live = self._live_sources(bound, targets, names)
@@ -213,7 +216,7 @@ class Engine:
         if stored:  # in name order: the cache key reads the values in dict order
             bound = replace(bound, inputs={**bound.inputs,
                                            **{n: stored[n] for n in sorted(stored)}})
-        values, grads = self._run(bound, query, source_values, cotangents)
+        values, grads = self._run(bound, query, source_values, cotangents, host=host)
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
         found = dict(zip(live, grads, strict=True))
@@ -399,10 +402,11 @@ class Engine:
                            "(GRADTAPE_MAX_RESPONSE_BYTES): ask for fewer or smaller results")
 
     def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
-             answered: bool = True) -> Any:
+             answered: bool = True, host: bool = True) -> Any:
         token = control.iteration_bound.set(self.limits.max_iterations)
         try:
-            return self._run_bounded(bound, query, sources, extra, answered)
+            out = self._run_bounded(bound, query, sources, extra, answered)
+            return _to_host(out) if host else out
         finally:
             control.iteration_bound.reset(token)
 
@@ -438,11 +442,10 @@ class Engine:
                 key, lambda: control.checked(self._build(bound, query, BUILDERS[query.kind])),
                 bound.inputs, program.literals, sources, extra, info=info, eager=eager)
             control.raise_reached(error, loops)
-            return _to_host(out)
-        out = self.cache.call(key, lambda: self._build(bound, query, BUILDERS[query.kind]),
-                              bound.inputs, program.literals, sources, extra, info=info,
-                              eager=eager)
-        return _to_host(out)
+            return out
+        return self.cache.call(key, lambda: self._build(bound, query, BUILDERS[query.kind]),
+                               bound.inputs, program.literals, sources, extra, info=info,
+                               eager=eager)
 
     @staticmethod
     def _build(bound: Bound, query: Query, builder: Any) -> PureFn:
@@ -581,7 +584,7 @@ def _batch_first(name: str, value: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(value, axis, 0)
 
 
-def _check_indices(program: Program, values: Mapping[str, Any],
+def check_indices(program: Program, values: Mapping[str, Any],
                    types: Mapping[str, Aval]) -> None:
     """Indices that come from inputs or constants must be in range (as TensorFlow checks
     them): InvalidGraph naming the node. Computed indices are not known before running; JAX

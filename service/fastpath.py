@@ -1,47 +1,97 @@
-"""The lean path for the stateless routes (POST /v1/gradient, /v1/hvp, ...).
+"""The lean path for the routes a client calls in a loop: the stateless queries (POST
+/v1/gradient, /v1/hvp, ...) and a training loop's session requests (a step, a run, a tape's
+gradient, opening and deleting tapes).
 
 A stateless query with a registered graph costs the engine tens of microseconds; FastAPI's
 router (matching the path against every route), its dependency solving and its request and
 response wrappers cost several times that. This ASGI middleware sits just outside the router,
-takes a POST to one of the stateless paths with a JSON body, validates it with the route's
-own request model and answers with the route's own `answer` (service/routes/differentiation.py),
-so both paths give the same answers. Errors are mapped by service/errors.py, as for every
-route. Anything it does not take (another media type, a body that is not valid JSON or not
-a valid request: their 400/415/422 answers are FastAPI's) goes on to the router with the body
-it read, so a client sees no difference but the time.
+takes a request to one of the routes of its table (`Lean`, declared by each route module next
+to its routes) with a JSON body, validates it with the route's own request model and answers
+with the route's own `answer`, which the FastAPI route calls too, so both paths give the same
+answers. Errors are mapped by service/errors.py, as for every route. Anything it does not
+take (another media type, a body that is not valid JSON or not a valid request: their
+400/415/422 answers are FastAPI's) goes on to the router with the body it read, so a client
+sees no difference but the time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import bodies, errors
 from service.bodies import BINARY_HEADER
-from service.routes.differentiation import Stateless
+from service.idempotency import idempotency_key
 from service.state import Services
 
+Answer = Callable[[Services, Mapping[str, str], Any, int], Awaitable[Response]]
 
-class StatelessFastPath:
+
+@dataclass(frozen=True)
+class Lean:
+    """A route the lean path answers: `answer(services, path parameters, the validated
+    body (None when `model` is None: a route without a body), the body's size)`.
+    `idempotent`: the route reads `Idempotency-Key`, as its router's dependency does."""
+
+    method: str
+    path: str  # the route's template, "/v1/sessions/{session_id}/step"
+    model: type[BaseModel] | None
+    answer: Answer
+    idempotent: bool = False
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path.split("/"))
+
+
+class FastPath:
     def __init__(self, app: ASGIApp, services: Services,
-                 routes: Mapping[str, tuple[Stateless, BaseRoute]]):
+                 routes: Sequence[tuple[Lean, BaseRoute]]):
         self.app = app
         self.services = services
-        self.routes = routes
+        self.exact = {(lean.method, lean.path): (lean, route) for lean, route in routes
+                      if "{" not in lean.path}
+        self.templates = [(lean.method, lean.segments, lean, route) for lean, route in routes
+                          if "{" in lean.path]
+
+    def match(self, method: str, path: str) -> tuple[Lean, BaseRoute, dict[str, str]] | None:
+        found = self.exact.get((method, path))
+        if found is not None:
+            return (*found, {})
+        parts = path.split("/")
+        for want, segments, lean, route in self.templates:
+            if want != method or len(segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            for segment, part in zip(segments, parts, strict=True):
+                if segment.startswith("{"):
+                    if not part:
+                        break
+                    params[segment[1:-1]] = part
+                elif segment != part:
+                    break
+            else:
+                return lean, route, params
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = self.routes.get(scope.get("path", "")) if scope["type"] == "http" and \
-            scope["method"] == "POST" else None
-        if entry is None or not (_json(scope) or BINARY_HEADER in dict(scope["headers"])):
+        found = self.match(scope["method"], scope.get("path", "")) \
+            if scope["type"] == "http" else None
+        if found is None or (found[0].model is not None and not (
+                _json(scope) or BINARY_HEADER in dict(scope["headers"]))):
             await self.app(scope, receive, send)
             return
-        stateless, route = entry
+        lean, route, params = found
         scope["route"] = route  # the template for metrics and the access log
+        scope["path_params"] = params
         try:
             body = await _read(receive)
         except Exception as exc:  # the body limit, while a chunked body streams in
@@ -50,16 +100,20 @@ class StatelessFastPath:
         if body is None:  # the client went away before its body was in
             return
         replay = _replay(body, receive)
+        req = None
+        if lean.model is not None:
+            try:
+                req = lean.model.model_validate(bodies.parse(scope, body))
+            except (orjson.JSONDecodeError, ValidationError):
+                await self.app(scope, replay, send)  # FastAPI words the 400 or 422
+                return
+            except Exception as exc:  # a binary part that does not match its header
+                await (await errors.answer(Request(scope, replay), exc))(scope, replay, send)
+                return
         try:
-            req = stateless.model.model_validate(bodies.parse(scope, body))
-        except (orjson.JSONDecodeError, ValidationError):
-            await self.app(scope, replay, send)  # FastAPI words the 400 or 422
-            return
-        except Exception as exc:  # a binary part that does not match its header
-            await (await errors.answer(Request(scope, replay), exc))(scope, replay, send)
-            return
-        try:
-            response = await stateless.answer(self.services, req, len(body))
+            if lean.idempotent:
+                await idempotency_key(Request(scope, _replay(body, receive)))
+            response = await lean.answer(self.services, params, req, len(body))
         except Exception as exc:
             response = await errors.answer(Request(scope, replay), exc)
         await response(scope, replay, send)

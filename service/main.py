@@ -15,7 +15,7 @@ from starlette.responses import Response
 import engine
 from service import errors, openapi
 from service.config import Settings
-from service.fastpath import StatelessFastPath
+from service.fastpath import FastPath
 from service.metrics import MetricsMiddleware
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from service.observability import RequestContextMiddleware
@@ -73,9 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    posts = {r.path: r for r in differentiation.router.routes if isinstance(r, APIRoute)}
-    app.add_middleware(StatelessFastPath, services=services, routes={
-        path: (stateless, posts[path]) for path, stateless in differentiation.ROUTES.items()})
+    # the routes a client calls in a loop skip the router: each module lists its own
+    known = {(method, r.path): r for router in (differentiation.router, optimizers.steps,
+                                                sessions.router, tapes.router)
+             for r in router.routes if isinstance(r, APIRoute) for method in r.methods or ()}
+    lean = [*differentiation.LEAN, *optimizers.LEAN, *sessions.LEAN, *tapes.LEAN]
+    app.add_middleware(FastPath, services=services,
+                       routes=[(entry, known[entry.method, entry.path]) for entry in lean])
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -103,7 +103,14 @@ def test_a_tape_gradient_applied_as_one_update(rt_s: tuple[SessionRuntime, Sessi
     rt.run(s, [{"id": "f", "op": "sum", "args": ["frozen"]}], [], 100)
     with pytest.raises(InvalidGraph) as err:
         rt.gradient(s, tape, "f", ["frozen"], apply="sgd")
-    assert err.value.loc == ("gradients", "frozen") and "not a variable" in err.value.detail
+    assert err.value.loc == ("sources", 0) and "not a variable" in err.value.detail
+    # nothing to apply: the optimizer's variables are not connected to the target
+    tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+    rt.run(s, [{"id": "g", "op": "sum", "args": ["frozen"]}], [], 100)
+    with pytest.raises(InvalidGraph) as err:
+        rt.gradient(s, tape, "g", None, apply="sgd")
+    assert err.value.loc == ("sources",) and "no source has a gradient" in err.value.detail
+    assert rt.optimizer(s, "sgd").step == 3
 
 
 def test_bad_input(rt_s: tuple[SessionRuntime, Session]) -> None:

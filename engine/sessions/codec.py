@@ -29,6 +29,7 @@ from engine.sessions.state import (
     Tape,
     Variable,
 )
+from engine.tensors import from_little_endian
 
 FORMAT = 1
 
@@ -155,5 +156,4 @@ def load_tensor(blob: bytes) -> np.ndarray:
     head, _, data = blob.partition(b"\n")
     meta = orjson.loads(head)
     dtype = DTYPES[meta["dtype"]]
-    array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=True)
-    return array.reshape(meta["shape"])
+    return from_little_endian(data, dtype, tuple(meta["shape"]))

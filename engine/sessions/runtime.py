@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from engine import optim
+from engine.cache import Lru
 from engine.compute import Bound, Engine, Limits, Offload, inline_limit
 from engine.dtypes import is_float
 from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge, clip
@@ -43,7 +46,7 @@ from engine.sessions.state import (
     TensorId,
     Variable,
 )
-from engine.tensors import decode
+from engine.tensors import aligned, decode
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ ASSIGN_OPS: dict[str, Assign] = {
 }
 
 ByteBudget = Callable[[Session, int], None]
+# The last tape query this request prepared: when its work turns out too heavy for the event
+# loop (`Offload`), the request runs again in a worker thread, under the session's lock and
+# with nothing changed, and finds it here instead of replaying the tape again. A context
+# variable: it goes with the request into the thread, and no other request sees it.
+_prepared: ContextVar[tuple[Any, _TapeQuery] | None] = ContextVar("prepared", default=None)
 T = TypeVar("T")
 
 
@@ -76,12 +84,16 @@ class SessionRuntime:
     def __init__(self, engine: Engine, byte_budget: ByteBudget):
         self.engine = engine
         self.byte_budget = byte_budget
+        # plans of repeated requests (training steps), by session and body
+        self.step_plans: Lru[Any] = Lru(256)
 
     # ----- tensors -----
 
     def put_tensor(self, s: Session, name: str, raw: Any, variable: bool = False,
                    trainable: bool = True, loc: tuple[str, ...] = ("value",)) -> np.ndarray:
         value = decode(raw, loc, max_elements=self.engine.limits.max_elements)
+        if value.nbytes > 65_536:  # read by compiled calls, maybe many times: in place
+            value = aligned(value)
         old = s.names.get(name)
         freed = s.values[old.tensor].nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
             if old and old.tensor in s.values else 0
@@ -195,7 +207,7 @@ class SessionRuntime:
         for tid, value in plan.new_constants.items():
             s.values[tid] = value
         for local, value in results.items():
-            tids[local] = self._store(s, np.asarray(value))
+            tids[local] = self._keep(s, value)
         for step in plan.steps:
             args = tuple(a if isinstance(a, Const) else tids[a] for a in step.args)
             outs = tuple(tids[o] for o in step.outs)
@@ -328,20 +340,26 @@ class SessionRuntime:
                                    f"{list(grad.shape)}; the variable is {value.dtype.name}"
                                    f"{list(value.shape)}", loc=("gradients", label))
             updates[handle] = grad
+        return self._apply(s, opt, updates)
+
+    def _apply(self, s: Session, opt: Optimizer, updates: Mapping[Handle, Any]
+               ) -> dict[str, Any]:
+        """One compiled update of the variables in `updates` (checked gradients, NumPy or
+        device arrays) and their optimiser state."""
         self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
                                 sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
                                 for h in updates))
         handles = list(updates)
-        values = tuple(s.values[s.variables[h].current] for h in handles)
+        values = tuple(s.array(s.variables[h].current) for h in handles)
         update = optim.rule_many(opt.method, float(opt.learning_rate), opt.options,
                                  tuple((tuple(v.shape), v.dtype.name) for v in values))
         new_values, new_leaves = update(values, tuple(updates[h] for h in handles), tuple(
-            tuple(s.values[t] for t in opt.state[h]) for h in handles))  # one compiled call
+            tuple(s.array(t) for t in opt.state[h]) for h in handles))  # one compiled call
         for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
-            var.current = self._store(s, np.asarray(value))
+            var.current = self._keep(s, value)
             s.version_of[var.current] = handle
-            opt.state[handle] = tuple(self._store(s, np.asarray(leaf)) for leaf in leaves)
+            opt.state[handle] = tuple(self._keep(s, leaf) for leaf in leaves)
         opt.step += 1
         self._collect(s)
         return {"step": opt.step}
@@ -446,9 +464,24 @@ class SessionRuntime:
         if apply is None:
             return {"gradients": grads}
         # as TensorFlow's apply_gradients, a variable without a gradient is left as it is
-        answer = self.apply_gradients(s, apply, {k: g for k, g in grads.items()
-                                                 if g is not None})
-        return {**answer, "gradients": grads} if fetch_gradients else answer
+        opt = self.optimizer(s, apply)
+        updates: dict[Handle, Any] = {}
+        for i, (label, g) in enumerate(grads.items()):
+            binding = s.names[label]
+            if g is not None and binding.variable in opt.state:
+                updates[binding.variable] = g
+            elif g is not None:
+                raise InvalidGraph(f"{clip(label)} is not a variable of optimizer {apply!r}; "
+                                   f"its variables: {', '.join(opt.labels)}",
+                                   loc=("sources", i))
+        if not updates:
+            raise InvalidGraph("no source has a gradient to apply (none is watched or "
+                               "connected to the target)", loc=("sources",))
+        answer = self._apply(s, opt, updates)
+        if not fetch_gradients:
+            return answer
+        return {**answer, "gradients": {k: None if g is None else np.asarray(g)
+                                        for k, g in grads.items()}}
 
     @staticmethod
     def _name_of(s: Session, handle: Handle, label: str) -> str:
@@ -677,6 +710,12 @@ class SessionRuntime:
         if not is_float(tvalue.dtype):
             raise InvalidGraph(f"target {target!r} is {tvalue.dtype.name}; gradients need a "
                                "floating-point target (cast it first)", loc=loc)
+        key = (s.session_id, tape.tape_id, target, tuple(sources), scalar, check_numerics,
+               s.next_id, len(s.names), len(tape.records), len(tape.tracked))
+        found = _prepared.get()
+        if found is not None and found[0] == key:
+            _prepared.set(None)
+            return found[1]
         if scalar and tvalue.shape != ():
             raise InvalidGraph(f"{scalar} needs a scalar target, but {target!r} has shape "
                                f"{list(tvalue.shape)}; reduce it to a scalar (sum, mean) or "
@@ -711,7 +750,7 @@ class SessionRuntime:
             return _TapeQuery(None, None, {}, specs, floats, target_tid)
         candidates = [specs[label] for label in sources if tracked[label] and floats[label]]
         rep = replay.build(tape.records, target_tid, candidates)
-        values = {name: s.values[tid] for name, tid in rep.input_tids.items()}
+        values = {name: s.array(tid) for name, tid in rep.input_tids.items()}
         values.update((n, np.zeros(shape, dtype)) for n, (shape, dtype) in rep.zeros.items()
                       if n not in rep.input_tids and n.startswith("eps"))
         bound = self.engine.bind_values(rep.program, values, check_numerics=check_numerics)
@@ -720,14 +759,16 @@ class SessionRuntime:
         connected = rep.program.connected((rep.target,), named.values(), bound.is_float)
         live = {label: name for label, name in named.items() if name in connected}
         bound.labels.update({name: label for label, name in live.items()})
-        return _TapeQuery(bound, rep, live, specs, floats, target_tid)
+        query = _TapeQuery(bound, rep, live, specs, floats, target_tid)
+        _prepared.set((key, query))
+        return query
 
     @staticmethod
     def _kept(s: Session, query: _TapeQuery) -> dict[str, np.ndarray]:
         """The replay's intermediates whose values the session still holds (its runs computed
         them): the gradient reuses them instead of running the forward pass again."""
         assert query.replay is not None
-        return {name: s.values[tid] for name, tid in query.replay.produced.items()
+        return {name: s.array(tid) for name, tid in query.replay.produced.items()
                 if tid in s.values}
 
     def _save(self, s: Session, tape: Tape, query: _TapeQuery, grads: Mapping[str, Any],
@@ -811,6 +852,16 @@ class SessionRuntime:
         s.values[tid] = value
         return tid
 
+    @classmethod
+    def _keep(cls, s: Session, result: Any) -> TensorId:
+        """Store a compiled call's result; a big one keeps its device array too, so that the
+        next call that reads it (a weight, step after step) does not copy it back."""
+        value = np.asarray(result)
+        tid = cls._store(s, value)
+        if value.nbytes > 65_536 and isinstance(result, jax.Array):
+            s.device[tid] = result
+        return tid
+
     @staticmethod
     def _collect(s: Session) -> None:
         """Drop values that no name, variable or tape record needs."""
@@ -831,6 +882,8 @@ class SessionRuntime:
             del s.values[tid]
         for tid in [t for t in s.version_of if t not in keep]:
             del s.version_of[tid]
+        for tid in [t for t in s.device if t not in keep]:
+            del s.device[tid]
         s.held_bytes = s.footprint()
 
 
@@ -861,6 +914,29 @@ def _batch_diagonal(jac: np.ndarray, target_ndim: int) -> np.ndarray:
     batch = jac.shape[0]
     moved = np.moveaxis(jac, target_ndim, 1)  # [B, B, t..., s...]
     return moved[np.arange(batch), np.arange(batch)]
+
+
+def reread(s: Session, reads: Sequence[tuple[str, Handle | None, str]]
+           ) -> dict[str, TensorId] | None:
+    """The tensors a plan's `reads` name in `s` now, by program input; None when a name no
+    longer means what it meant (another variable, a variable become a tensor or the reverse,
+    gone), or when the inputs it told apart are one tensor now or the reverse."""
+    tids: dict[str, TensorId] = {}
+    for name, handle, local in reads:
+        binding = s.names.get(name)
+        if binding is None:
+            return None
+        if handle is not None:
+            if binding.variable != handle:
+                return None
+            tid = s.variables[handle].current
+        elif binding.tensor is None:
+            return None
+        else:
+            tid = binding.tensor
+        if tids.setdefault(local, tid) != tid:
+            return None
+    return tids if len(set(tids.values())) == len(tids) else None
 
 
 @dataclass
@@ -894,6 +970,8 @@ class _RunPlan:
         self.steps: list[_Step] = []
         self.new_constants: dict[TensorId, np.ndarray] = {}
         self.result_names: list[str] = []
+        # what the plan read of the session: (name, its variable's handle or None, input)
+        self.reads: list[tuple[str, Handle | None, str]] = []
         self._count = 0
 
     def _fresh(self) -> str:
@@ -918,12 +996,15 @@ class _RunPlan:
         if handle is not None:
             if handle in self.pending_version:
                 return self.pending_version[handle]
-            return self._input(self.s.variables[handle].current)
-        if binding is None:
+            local = self._input(self.s.variables[handle].current)
+        elif binding is None:
             raise InvalidGraph(f"undefined name {name!r}: PUT it as a tensor or compute it in "
                                "an earlier node", node=label, loc=loc)
-        assert binding.tensor is not None
-        return self._input(binding.tensor)
+        else:
+            assert binding.tensor is not None
+            local = self._input(binding.tensor)
+        self.reads.append((name, handle, local))
+        return local
 
     def _arg(self, arg: Any, label: str, loc: tuple[str | int, ...]) -> tuple[str | Const,
                                                                               str | int]:
@@ -1000,5 +1081,5 @@ class _RunPlan:
         return Program(tuple(self.input_tids), tuple(self.eqns), outs, tuple(self.literals))
 
     def input_values(self) -> dict[str, np.ndarray]:
-        return {name: self.new_constants.get(tid, self.s.values.get(tid))  # type: ignore[misc]
-                for name, tid in self.input_tids.items()}
+        return {name: self.new_constants[tid] if tid in self.new_constants
+                else self.s.array(tid) for name, tid in self.input_tids.items()}

@@ -150,6 +150,15 @@ class Session:
     # Idempotency-Key -> (digest of the request, status, answer) of requests applied lately
     applied: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     optimizers: dict[str, Optimizer] = field(default_factory=dict)
+    # values a compiled call produced, as that call's arrays (on the accelerator where there
+    # is one), beside their NumPy form in `values`: a later call reads them from here without
+    # a copy. Never serialized nor counted (on a CPU the two share their memory).
+    device: dict[TensorId, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def array(self, tid: TensorId) -> Any:
+        """A tensor's value for a compiled call: its device array when a call made it."""
+        found = self.device.get(tid)
+        return self.values[tid] if found is None else found
 
     @property
     def expires_at(self) -> float:
@@ -176,6 +185,7 @@ class Session:
         self.values, self.version_of, self.names = snap.values, snap.version_of, snap.names
         self.variables, self.tapes, self.applied = snap.variables, snap.tapes, snap.applied
         self.optimizers = snap.optimizers
+        self.device = {t: a for t, a in self.device.items() if t in self.values}
         self.held_bytes = snap.held_bytes  # ids stay unique: next_id never goes back
         self.next_id = max(self.next_id, snap.next_id)
 

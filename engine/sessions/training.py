@@ -11,31 +11,65 @@ compile budget it is refused.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
+import orjson
 
 from engine.cache import CompileInfo
-from engine.compute import Offload, _avals_key, check_inline, inline_limit
+from engine.compute import Offload, _avals_key, check_indices, check_inline, inline_limit
 from engine.errors import InvalidGraph, TooLarge, clip
 from engine.interpreter import run_eqns
 from engine.program import Program
-from engine.sessions.state import TENSOR_OVERHEAD, Handle, Session
+from engine.sessions.runtime import SessionRuntime, _RunPlan, reread
+from engine.sessions.state import TENSOR_OVERHEAD, Handle, Optimizer, Session
 from engine.transforms import Query
 
-if TYPE_CHECKING:
-    from engine.sessions.runtime import SessionRuntime
-
 MAX_REPEAT = 10_000
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a step's nodes mean for a session, kept while the session's names keep meaning
+    the same: the next step with the same body only looks its tensors up and calls the
+    compiled function."""
+
+    program: Program
+    reads: tuple[tuple[str, Handle | None, str], ...]  # as _RunPlan.reads
+    avals: tuple[Any, ...]  # of the program's inputs
+    leaf_avals: tuple[Any, ...]  # of the optimiser's state
+    variables: tuple[tuple[Handle, str], ...]  # what the optimiser updates, by input
+    optimizer: tuple[Any, ...]  # the optimiser's rule and variables when planned
+    wanted: tuple[str, ...]
+    updates: tuple[Any, ...]  # a pure update per variable
+    types: Mapping[str, Any]
+    query: Query
+    flops: int
+    eqns: int
+    key: tuple[Any, ...]  # of the compiled function
+    reusable: bool  # False when the nodes hold array literals (new tensors each time)
+
+    def inputs(self, s: Session, opt: Optimizer) -> tuple[dict[str, Any], Leaves] | None:
+        """The program's input values and the optimiser's state in `s` now, or None when
+        the plan no longer holds."""
+        if _rule_of(opt) != self.optimizer:
+            return None
+        tids = reread(s, self.reads)
+        if tids is None:
+            return None
+        values = {local: s.array(tid) for local, tid in tids.items()}
+        if _avals_key(values) != self.avals:
+            return None
+        leaves = _leaves(s, opt, self.variables)
+        return (values, leaves) if _avals_key_nested(leaves) == self.leaf_avals else None
 
 
 def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]],
                inputs: Mapping[str, Any], target: str, optimizer: str,
                fetch: Sequence[str] | None, repeat: int, max_nodes: int) -> dict[str, Any]:
     """Bind `inputs`, then run `nodes` and update the optimiser's variables `repeat` times."""
-    from engine.sessions.runtime import _RunPlan
-
     if inputs and inline_limit.get() is not None:
         raise Offload  # a batch to decode: a worker thread, before anything changes
     opt = rt.optimizer_named(s, optimizer, ("optimizer",))
@@ -49,6 +83,65 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
                        loc=("nodes",))
     for name, raw in inputs.items():  # a batch stays bound, as a PUT would bind it
         rt.put_tensor(s, name, raw)
+    key = (s.session_id, orjson.dumps(nodes), target, optimizer, tuple(fetch or ()), repeat)
+    plan = rt.step_plans.get(key)
+    found = plan.inputs(s, opt) if plan is not None else None
+    if plan is None or found is None:
+        plan, values = _plan(rt, s, nodes, target, opt, fetch, repeat)
+        leaves = _leaves(s, opt, plan.variables)
+        if plan.reusable:
+            rt.step_plans.put(key, plan)
+    else:
+        values, leaves = found
+        if plan.program.indexing:
+            check_indices(plan.program, values, plan.types)
+    rt.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
+                          sum(leaf.nbytes + TENSOR_OVERHEAD for leaf in ls)
+                          for (h, _), ls in zip(plan.variables, leaves, strict=True)))
+    if inline_limit.get() is not None:
+        check_inline(rt.engine.cache.is_compiled(plan.key), plan.flops * repeat)
+    names = {n for _, n in plan.variables}
+    others = {n: v for n, v in values.items() if n not in names}
+    start = tuple(values[n] for _, n in plan.variables)
+    query = plan.query
+    losses, fetched, new_values, new_leaves = rt.engine.cache.call(
+        plan.key, lambda: jax.jit(_build(plan.program, query, list(plan.updates), repeat)),
+        start, others, plan.program.literals, leaves, info=CompileInfo("step", plan.eqns, 1),
+        eager=False)
+    for (handle, _), value, state in zip(plan.variables, new_values, new_leaves, strict=True):
+        var = s.variables[handle]
+        var.current = rt._keep(s, value)
+        s.version_of[var.current] = handle
+        opt.state[handle] = tuple(rt._keep(s, leaf) for leaf in state)
+    opt.step += repeat
+    rt._collect(s)
+    answer: dict[str, Any] = {"values": dict(zip(plan.wanted, (np.asarray(v) for v in fetched),
+                                                 strict=True)),
+                              "step": opt.step}
+    if repeat > 1:
+        answer["losses"] = [float(x) for x in np.asarray(losses)]
+    return answer
+
+
+Leaves = tuple[tuple[Any, ...], ...]
+
+
+def _leaves(s: Session, opt: Optimizer, variables: Sequence[tuple[Handle, str]]) -> Leaves:
+    return tuple(tuple(s.array(t) for t in opt.state[h]) for h, _ in variables)
+
+
+def _rule_of(opt: Optimizer) -> tuple[Any, ...]:
+    return (opt.method, opt.learning_rate, opt.options, opt.variables)
+
+
+def _avals_key_nested(leaves: Leaves) -> tuple[Any, ...]:
+    return tuple(_avals_key(ls) for ls in leaves)
+
+
+def _plan(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]], target: str,
+          opt: Optimizer, fetch: Sequence[str] | None, repeat: int
+          ) -> tuple[StepPlan, dict[str, Any]]:
+    """Plan the step's nodes against the session (every check a first step makes)."""
     plan = _RunPlan(s, rt.engine.limits)
     for i, node in enumerate(nodes):
         plan.add(node, i)
@@ -84,10 +177,9 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     variables = [(h, n) for h, n in variables if n in connected]
     if not variables:
         raise InvalidGraph(f"the target does not depend on any variable of optimizer "
-                           f"{optimizer!r} ({', '.join(opt.labels)})", loc=("target",))
-    rules = [rt._rule(s, opt.options, opt.method, opt.learning_rate, h)
-             for h, _ in variables]
-    leaves = tuple(tuple(s.values[t] for t in opt.state[h]) for h, _ in variables)
+                           f"{opt.name!r} ({', '.join(opt.labels)})", loc=("target",))
+    rules = [rt._rule(s, opt.options, opt.method, opt.learning_rate, h) for h, _ in variables]
+    leaves = _leaves(s, opt, variables)
     query = Query("step", (loss, *(local[f] for f in wanted)), tuple(n for _, n in variables))
     gradient = Query("gradient", (loss,), query.sources)
     cost = rt.engine.cost(bound, gradient)
@@ -97,34 +189,13 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
                        f"floating-point operations (estimate); the limit is "
                        f"{rt.engine.limits.max_request_flops:.3g} (GRADTAPE_MAX_REQUEST_FLOPS):"
                        " ask for fewer repeats per request", loc=("repeat",))
-    rt.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
-                          sum(leaf.nbytes + TENSOR_OVERHEAD for leaf in ls)
-                          for (h, _), ls in zip(variables, leaves, strict=True)))
     key = (program.structure_key, "step", query, repeat, opt.method, opt.learning_rate,
-           opt.options, _avals_key(values), tuple(_avals_key(ls) for ls in leaves),
+           opt.options, _avals_key(values), _avals_key_nested(leaves),
            program.literal_types)
-    if inline_limit.get() is not None:
-        check_inline(rt.engine.cache.is_compiled(key), cost.flops * repeat)
-    names = {n for _, n in variables}
-    others = {n: v for n, v in values.items() if n not in names}
-    start = tuple(values[n] for _, n in variables)
-    info = CompileInfo("step", cost.eqns, 1)
-    losses, fetched, new_values, new_leaves = rt.engine.cache.call(
-        key, lambda: jax.jit(_build(program, query, [pure for _, _, pure in rules], repeat)),
-        start, others, program.literals, leaves, info=info, eager=False)
-    for (handle, _), value, state in zip(variables, new_values, new_leaves, strict=True):
-        var = s.variables[handle]
-        var.current = rt._store(s, np.asarray(value))
-        s.version_of[var.current] = handle
-        opt.state[handle] = tuple(rt._store(s, np.asarray(leaf)) for leaf in state)
-    opt.step += repeat
-    rt._collect(s)
-    answer: dict[str, Any] = {"values": dict(zip(wanted, (np.asarray(v) for v in fetched),
-                                                 strict=True)),
-                              "step": opt.step}
-    if repeat > 1:
-        answer["losses"] = [float(x) for x in np.asarray(losses)]
-    return answer
+    return StepPlan(program, tuple(plan.reads), _avals_key(values), _avals_key_nested(leaves),
+                    tuple(variables), _rule_of(opt), tuple(wanted),
+                    tuple(pure for _, _, pure in rules), bound.types, query, cost.flops,
+                    cost.eqns, key, reusable=not plan.new_constants), values
 
 
 def _build(program: Program, query: Query, updates: list[Any], repeat: int) -> Any:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from engine.compute import Bound
 from service.deps import BodyBytes, ServicesDep
+from service.fastpath import Lean
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.differentiation import (
     EvaluateRequest,
@@ -37,11 +38,15 @@ Query = Callable[[Services, Any, Bound], dict[str, Any]]
 class Stateless:
     """One stateless route: its request model and the engine query it answers. The FastAPI
     route (documentation, and every request the fast path hands back) and the fast path
-    (service/fastpath.py) both run `answer`."""
+    (service/fastpath.py, through `lean`) both run `answer`."""
 
     path: str
     model: type[GraphRequest]
     query: Query
+
+    def lean(self) -> Lean:
+        return Lean("POST", self.path, self.model,
+                    lambda svc, _, req, size: self.answer(svc, req, size))
 
     async def answer(self, svc: Services, req: Any, size: int) -> FastJSONResponse:
         registered = await svc.graph(req.graph_id) if req.graph_id is not None else None
@@ -70,6 +75,7 @@ ROUTES = {r.path: r for r in (
     Stateless("/v1/jvp", JvpRequest,
               lambda svc, req, b: svc.engine.jvp(b, req.tangents, req.outputs)),
 )}
+LEAN = [r.lean() for r in ROUTES.values()]
 
 
 @router.post("/evaluate", summary="Evaluate", response_model=EvaluateResponse)

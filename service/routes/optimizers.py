@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Response
 from engine.sessions.state import Session
 from engine.sessions.training import train_step
 from service.deps import BodyBytes, IdempotencyDep, ServicesDep
+from service.fastpath import Lean
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.optimizers import (
     ApplyGradients,
@@ -18,7 +20,7 @@ from service.schemas.optimizers import (
     StepAnswer,
     StepRequest,
 )
-from service.state import encode_tree
+from service.state import Services, encode_tree
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/optimizers", tags=["optimizers"],
                    route_class=FastRoute, dependencies=[IdempotencyDep])
@@ -67,6 +69,11 @@ steps = APIRouter(prefix="/v1/sessions/{session_id}", tags=["optimizers"],
 async def step(session_id: str, body: StepRequest, svc: ServicesDep, size: BodyBytes) -> Any:
     """A training step in one request: forward, gradient and the optimizer's update, compiled
     as one function; the weights never leave the server."""
+    return await answer_step(svc, {"session_id": session_id}, body, size)
+
+
+async def answer_step(svc: Services, params: Mapping[str, str], body: StepRequest,
+                      size: int) -> Response:
     nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
 
     def work(s: Session) -> FastJSONResponse:
@@ -75,4 +82,8 @@ async def step(session_id: str, body: StepRequest, svc: ServicesDep, size: BodyB
         return FastJSONResponse({**answer, "values": encode_tree(answer["values"],
                                                                   body.encoding)})
 
-    return await svc.in_session(session_id, work, body_bytes=size, compute=True)
+    return await svc.in_session(params["session_id"], work, body_bytes=size, compute=True)
+
+
+LEAN = [Lean("POST", "/v1/sessions/{session_id}/step", StepRequest, answer_step,
+             idempotent=True)]

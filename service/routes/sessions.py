@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Response
 
 from engine.sessions.state import Session
 from service.deps import BodyBytes, IdempotencyDep, ServicesDep
+from service.fastpath import Lean
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.sessions import (
     CreateSession,
@@ -20,7 +22,7 @@ from service.schemas.sessions import (
     Values,
 )
 from service.schemas.tensors import Encoding, TensorOut
-from service.state import encode_tree
+from service.state import Services, encode_tree
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=FastRoute,
                    dependencies=[IdempotencyDep])
@@ -97,11 +99,19 @@ async def delete_tensor(session_id: str, name: str, svc: ServicesDep) -> Respons
 @router.post("/{session_id}/run", response_model=Values)
 async def run(session_id: str, body: RunRequest, svc: ServicesDep, size: BodyBytes) -> Any:
     """Run nodes eagerly, in order; tapes that are recording record them."""
+    return await answer_run(svc, {"session_id": session_id}, body, size)
+
+
+async def answer_run(svc: Services, params: Mapping[str, str], body: RunRequest,
+                     size: int) -> Response:
     nodes = [n.model_dump(exclude_unset=True) for n in body.nodes]
-    return await svc.in_session(session_id, lambda s: FastJSONResponse({"values": encode_tree(
-        svc.runtime.run(s, nodes, body.fetch, svc.settings.max_nodes, body.inputs, body.watch,
-                        check_numerics=body.check_numerics,
-                        functions={k: f.model_dump(exclude_unset=True)
-                                   for k, f in body.functions.items()}),
-        body.encoding)}),
+    functions = {k: f.model_dump(exclude_unset=True) for k, f in body.functions.items()}
+    return await svc.in_session(params["session_id"], lambda s: FastJSONResponse({
+        "values": encode_tree(svc.runtime.run(
+            s, nodes, body.fetch, svc.settings.max_nodes, body.inputs, body.watch,
+            check_numerics=body.check_numerics, functions=functions), body.encoding)}),
         body_bytes=size, compute=True)
+
+
+LEAN = [Lean("POST", "/v1/sessions/{session_id}/run", RunRequest, answer_run,
+             idempotent=True)]

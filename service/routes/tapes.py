@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Response
 
 from engine.sessions.state import Session
 from service.deps import BodyBytes, IdempotencyDep, ServicesDep
+from service.fastpath import Lean
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.differentiation import HessianResponse, HvpResponse, JacobianResponse
 from service.schemas.sessions import (
@@ -29,13 +31,18 @@ router = APIRouter(prefix="/v1/sessions/{session_id}/tapes", tags=["tapes"], rou
 @router.post("", status_code=201, response_model=TapeCreated)
 async def open_tape(session_id: str, svc: ServicesDep, body: OpenTape | None = None) -> Any:
     """Open a tape; it records from now on (the start of TensorFlow's `with` block)."""
-    body = body or OpenTape()
+    return await answer_open(svc, {"session_id": session_id}, body, 0)
+
+
+async def answer_open(svc: Services, params: Mapping[str, str], body: OpenTape | None,
+                      size: int) -> Response:
+    options = body or OpenTape()
 
     def work(s: Session) -> FastJSONResponse:
-        tape = svc.runtime.open_tape(s, body.persistent, body.watch_accessed_variables)
+        tape = svc.runtime.open_tape(s, options.persistent, options.watch_accessed_variables)
         return FastJSONResponse({"tape_id": tape.tape_id}, status_code=201)
 
-    return await svc.in_session(session_id, work)
+    return await svc.in_session(params["session_id"], work)
 
 
 @router.get("/{tape_id}", response_model=TapeInfo)
@@ -49,11 +56,16 @@ async def get_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Any:
 @router.delete("/{tape_id}", status_code=204)
 async def delete_tape(session_id: str, tape_id: str, svc: ServicesDep) -> Response:
     """Delete the tape and what it recorded."""
+    return await answer_delete(svc, {"session_id": session_id, "tape_id": tape_id}, None, 0)
+
+
+async def answer_delete(svc: Services, params: Mapping[str, str], body: None,
+                        size: int) -> Response:
     def work(s: Session) -> Response:
-        svc.runtime.delete_tape(s, tape_id)
+        svc.runtime.delete_tape(s, params["tape_id"])
         return Response(status_code=204)
 
-    return await svc.in_session(session_id, work)
+    return await svc.in_session(params["session_id"], work)
 
 
 @router.post("/{tape_id}/watch", response_model=TapeInfo)
@@ -117,7 +129,13 @@ async def _ask(svc: Services, session_id: str, tape_id: str, size: int, encoding
 async def gradient(session_id: str, tape_id: str, body: TapeGradient, svc: ServicesDep,
                    size: BodyBytes) -> Any:
     """Gradient of target with respect to sources; `save_as` keeps the results."""
-    return await _ask(svc, session_id, tape_id, size, body.encoding,
+    return await answer_gradient(svc, {"session_id": session_id, "tape_id": tape_id}, body,
+                                 size)
+
+
+async def answer_gradient(svc: Services, params: Mapping[str, str], body: TapeGradient,
+                          size: int) -> Response:
+    return await _ask(svc, params["session_id"], params["tape_id"], size, body.encoding,
                       lambda s, t: svc.runtime.gradient(
                           s, t, body.target, body.sources, body.output_gradients,
                           body.unconnected_gradients, body.save_as, body.apply,
@@ -164,3 +182,10 @@ async def hessian(session_id: str, tape_id: str, body: TapeQuery, svc: ServicesD
                       lambda s, t: svc.runtime.hessian(
                           s, t, body.target, body.sources, body.unconnected_gradients,
                           check_numerics=body.check_numerics))
+
+
+TAPE = "/v1/sessions/{session_id}/tapes"
+LEAN = [Lean("POST", TAPE, OpenTape, answer_open, idempotent=True),
+        Lean("DELETE", TAPE + "/{tape_id}", None, answer_delete, idempotent=True),
+        Lean("POST", TAPE + "/{tape_id}/gradient", TapeGradient, answer_gradient,
+             idempotent=True)]
