@@ -1,6 +1,7 @@
-"""The lean path of the stateless routes, and the parse cache of inline graphs.
+"""The lean path of the stateless routes and of a training loop's session routes, and the
+parse cache of inline graphs.
 
-A POST with `Content-Type: application/json` to a stateless route is answered by
+A POST with `Content-Type: application/json` to one of those routes is answered by
 service/fastpath.py; the same body sent as `application/vnd.gradtape+json` (any `+json` type is
 accepted) goes through FastAPI's router. Both must give the same status, headers that matter
 and body, for answers and for every kind of error.
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from engine.registry import GraphRegistry
 from service.config import Settings
+from service.fastpath import FastPath
 from service.main import create_app
 
 ROUTER = "application/vnd.gradtape+json"  # taken by the router, never by the fast path
@@ -140,3 +144,113 @@ def test_inline_graph_is_parsed_once(client: TestClient, monkeypatch: pytest.Mon
         r = client.post("/v1/gradient", json=bad)
         assert r.status_code == 422 and "nope" in r.json()["detail"]
     assert parsed == [2, 2, 1, 1]
+
+
+# ----- a training loop's session routes -----
+
+FORWARD = [{"id": "p", "op": "matmul", "args": ["X", "W"]},
+           {"id": "r", "op": "subtract", "args": ["p", "Y"]},
+           {"id": "loss", "op": "sum", "args": ["r"]}]
+XS = [[1.0, 2.0], [3.0, -1.0]]
+YS = [[0.5], [2.0]]
+
+
+def _session(client: TestClient) -> str:
+    base = f"/v1/sessions/{client.post('/v1/sessions', json={}).json()['session_id']}"
+    assert client.put(f"{base}/tensors/W", json={"value": [[0.5], [-1.0]],
+                                                  "variable": True}).status_code == 200
+    assert client.post(f"{base}/optimizers", json={
+        "name": "sgd", "method": "sgd", "learning_rate": 0.1}).status_code == 201
+    return base
+
+
+def _loop(client: TestClient, base: str, media: str) -> list[Any]:
+    """One TensorFlow-style step and one `step`, every request sent as `media`."""
+    def post(path: str, body: Any) -> Any:
+        return client.post(f"{base}{path}", content=orjson.dumps(body),
+                           headers={"content-type": media})
+
+    answers = []
+    r = post("/tapes", {"persistent": True})
+    assert r.status_code == 201, r.text
+    tape = r.json()["tape_id"]
+    for r in (post("/run", {"inputs": {"X": XS, "Y": YS}, "nodes": FORWARD, "fetch": ["p"]}),
+              post(f"/tapes/{tape}/gradient", {"target": "loss", "sources": ["W"]}),
+              post(f"/tapes/{tape}/gradient", {"target": "loss", "apply": "sgd"}),
+              post("/step", {"nodes": FORWARD, "target": "loss", "optimizer": "sgd",
+                             "fetch": ["p"]})):
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    r = client.delete(f"{base}/tapes/{tape}")
+    assert r.status_code == 204
+    answers.append(client.get(f"{base}/tensors/W").json())
+    return answers
+
+
+def test_session_routes_answer_the_same_on_both_paths(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[str] = []
+    match = FastPath.match
+
+    def spy(self: FastPath, method: str, path: str) -> Any:
+        found = match(self, method, path)
+        if found is not None:
+            taken.append(f"{method} {found[0].path}")
+        return found
+
+    monkeypatch.setattr(FastPath, "match", spy)
+    fast = _loop(client, _session(client), "application/json")
+    assert taken == ["POST /v1/sessions/{session_id}/tapes",
+                     "POST /v1/sessions/{session_id}/run",
+                     "POST /v1/sessions/{session_id}/tapes/{tape_id}/gradient",
+                     "POST /v1/sessions/{session_id}/tapes/{tape_id}/gradient",
+                     "POST /v1/sessions/{session_id}/step",
+                     "DELETE /v1/sessions/{session_id}/tapes/{tape_id}"]
+    slow = _loop(client, _session(client), ROUTER)
+    assert fast == slow
+    # and the numbers: p = X W; d sum(XW - Y) / dW = column sums of X
+    assert fast[0]["values"]["p"]["data"] == [[-1.5], [2.5]]
+    assert fast[1]["gradients"]["W"]["data"] == [[4.0], [1.0]]
+    # two SGD updates of 0.1 * that gradient
+    np.testing.assert_allclose(fast[4]["data"], [[0.5 - 0.8], [-1.0 - 0.2]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("path, body, status, says", [
+    ("/v1/sessions/s_nope/run", {"nodes": FORWARD}, 404, "s_nope"),
+    ("{base}/tapes/t_nope/gradient", {"target": "loss"}, 404, "t_nope"),
+    ("{base}/run", {"nodes": [{"id": "q", "op": "matmul", "args": ["X", "V"]}]}, 422,
+     "undefined name 'V'"),
+    ("{base}/run", {"nodes": [{"id": "q", "op": "nope", "args": ["X"]}]}, 422, "nope"),
+    ("{base}/step", {"nodes": FORWARD, "target": "loss", "optimizer": "adam"}, 422, "adam"),
+    ("{base}/step", {"nodes": FORWARD, "target": "loss"}, 422, "optimizer"),
+    ("{base}/tapes", {"persistent": "yes"}, 422, "persistent"),
+])
+def test_session_route_errors_are_the_same_on_both_paths(
+        client: TestClient, path: str, body: Any, status: int, says: str) -> None:
+    base = _session(client)
+    assert client.put(f"{base}/tensors/X", json={"value": XS}).status_code == 200
+    answer = same(*both(client, path.format(base=base), body), status)
+    assert says in str(answer), answer
+
+
+def test_session_routes_keep_idempotency_keys(client: TestClient) -> None:
+    base = _session(client)
+    body = {"inputs": {"X": XS, "Y": YS}, "nodes": FORWARD, "fetch": []}
+    step = {"nodes": FORWARD, "target": "loss", "optimizer": "sgd"}
+    assert client.post(f"{base}/run", json=body).status_code == 200
+    key = {"idempotency-key": "k-1"}
+    first = client.post(f"{base}/step", json=step, headers=key)
+    again = client.post(f"{base}/step", json=step, headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() == {"values": {}, "step": 1}
+    assert again.headers["idempotent-replayed"] == "true"
+    other = client.post(f"{base}/step", json={**step, "fetch": ["p"]}, headers=key)
+    assert other.status_code == 422 and "different request" in other.text
+    bad = client.post(f"{base}/step", json=step, headers={"idempotency-key": "a\tb"})
+    assert bad.status_code == 422 and "printable ASCII" in bad.text
+    # a deleted tape's key answers the deletion again, not a 404
+    tape = client.post(f"{base}/tapes", json={}).json()["tape_id"]
+    for _ in range(2):
+        r = client.delete(f"{base}/tapes/{tape}", headers={"idempotency-key": "k-2"})
+        assert r.status_code == 204
+    assert client.delete(f"{base}/tapes/{tape}").status_code == 404
