@@ -984,3 +984,40 @@ def test_run_inputs_and_watch_errors(client: TestClient) -> None:
     body = problem(client.post(f"{s.base}/run", json={"fetch": ["ghost"],
                                                       "inputs": {"x": f32(1.0)}}), 422)
     assert ["body", "fetch", 0] in locs(body)
+
+
+def test_tape_queries_run_off_the_event_loop_give_the_same_answers(
+        store_settings: Settings) -> None:
+    """With every compiled query sent to a worker thread (inline limit 0), a tape query is
+    prepared on the event loop, found too heavy, and finished in the thread from what was
+    prepared: the answers are JAX's, and a change between two requests is always seen."""
+    from service.main import create_app
+
+    settings = store_settings.model_copy(update={"inline_max_flops": 0})
+    x0 = np.array([0.5, -1.5, 2.0], np.float32)
+
+    def f(x: Any) -> Any:
+        return jnp.sum(jnp.sin(x) * x)
+
+    with TestClient(create_app(settings)) as c:
+        base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
+        c.put(f"{base}/tensors/x", json={"value": f32(x0), "variable": True})
+        tape = c.post(f"{base}/tapes", json={"persistent": True}).json()["tape_id"]
+        r = c.post(f"{base}/run", json={"nodes": [node("s", "sin", "x"),
+                                                  node("p", "multiply", "s", "x"),
+                                                  node("y", "sum", "p")], "fetch": []})
+        assert r.status_code == 200, r.text
+        for _ in range(3):  # compiled after the first: the later ones take the thread
+            r = c.post(f"{base}/tapes/{tape}/gradient", json={"target": "y", "sources": ["x"]})
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(value(r.json()["gradients"]["x"]),
+                                       jax.grad(f)(jnp.asarray(x0)), rtol=1e-6)
+        r = c.post(f"{base}/tapes/{tape}/hvp", json={"target": "y", "sources": ["x"],
+                                                     "vectors": {"x": f32([1, 0, 0])}})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(value(r.json()["hvp"]["x"]),
+                                   jax.hessian(f)(jnp.asarray(x0))[0], rtol=1e-5)
+        # the source is gone: the next request sees it, nothing prepared before is reused
+        assert c.delete(f"{base}/tensors/x").status_code == 204
+        r = c.post(f"{base}/tapes/{tape}/gradient", json={"target": "y", "sources": ["x"]})
+        assert r.status_code == 422 and "not a tensor of this session" in r.text, r.text
