@@ -43,6 +43,7 @@ from mlp import WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 from session_training import b64, from_b64
 
 LR = 0.1
+JSON = {"content-type": "application/json"}
 
 
 def jax_step() -> Any:
@@ -111,8 +112,9 @@ def main() -> int:
         assert r.status_code == 201, r.text
 
         def step_request(body: dict[str, Any]) -> None:
-            r = c.post(f"{base}/step", json={"nodes": nodes, "target": "loss",
-                                              "optimizer": "sgd", **body})
+            # orjson, as a client that cares for speed encodes (see session_training.py)
+            r = c.post(f"{base}/step", content=orjson.dumps({
+                "nodes": nodes, "target": "loss", "optimizer": "sgd", **body}), headers=JSON)
             assert r.status_code == 200, r.text
 
         def binary_step(X: np.ndarray, Y: np.ndarray) -> None:
@@ -152,9 +154,10 @@ def main() -> int:
                  for _ in range(steps + 2)]
 
         def gather_request(idx: np.ndarray) -> None:
-            r = c.post(f"{base}/step", json={
+            r = c.post(f"{base}/step", content=orjson.dumps({
                 "nodes": gather_nodes, "target": "loss", "optimizer": "sgd",
-                "inputs": {"idx": {"dtype": "int32", "shape": [128], "data": idx.tolist()}}})
+                "inputs": {"idx": {"dtype": "int32", "shape": [128], "data": idx.tolist()}}}),
+                headers=JSON)
             assert r.status_code == 200, r.text
 
         for i, idx in enumerate(picks):

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     inline_max_flops: int = Field(
         1_000_000, ge=0, description="...and whose estimated work is at most this many "
         "floating-point operations")
+    inline_idle_max_body_bytes: int = Field(
+        4 * 1024**2, ge=0, description="the body limit for the event loop when the request is "
+        "the only one being answered (no other request can be held up)")
+    inline_idle_max_flops: int = Field(
+        2_000_000_000, ge=0, description="the work limit for the event loop when the "
+        "request is the only one being answered (about 10 ms on a current CPU, 100 ms on a "
+        "slow core: a request that comes in meanwhile waits at most that long)")
     max_compile_weight: float = Field(
         1200, gt=0, description="queries heavier than this (equations times a factor per "
         "kind: evaluate 0.7, jvp 0.9, gradient and jacobian 1, hvp 3.5, minimize 4, hessian "

@@ -27,6 +27,9 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
         self.sessions = Gauge("gradtape_sessions", "Live sessions", registry=self.registry)
+        self.in_flight = 0  # requests this process has taken and not yet answered
+        Gauge("gradtape_http_requests_in_flight", "HTTP requests being answered",
+              registry=self.registry).set_function(lambda: self.in_flight)
 
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -85,9 +88,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe(scope.get("method", ""), template, status,

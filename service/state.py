@@ -193,9 +193,18 @@ class Services:
         already compiled and whose estimated work is small): a thread hop would cost more
         than the work. Anything else (decoding a big body, tracing, compiling, heavy
         queries) runs in a worker thread so that it cannot stall other requests; the engine
-        says which by raising `Offload` before it has changed anything."""
-        if body_bytes <= self.settings.inline_max_body_bytes:
-            token = inline_limit.set(self.settings.inline_max_flops)
+        says which by raising `Offload` before it has changed anything but what running
+        `work` again does the same way (binding a request's inputs). When this request
+        is the only one the process is answering, there is no other request to stall: work
+        up to the larger idle limits runs on the event loop too (a training loop's client
+        waits for each answer before it sends the next request)."""
+        settings = self.settings
+        idle = self.metrics.in_flight <= 1
+        max_body = settings.inline_idle_max_body_bytes if idle else \
+            settings.inline_max_body_bytes
+        if body_bytes <= max_body:
+            token = inline_limit.set(settings.inline_idle_max_flops if idle else
+                                     settings.inline_max_flops)
             try:
                 return work()
             except Offload:

@@ -585,3 +585,46 @@ with TestClient(create_app(Settings(_env_file=None, compile_cache_dir=sys.argv[1
         assert out.stdout.split() == ["1"]
     entries = [p for p in cache.rglob("*") if p.is_file()]
     assert entries, "nothing was written to the persistent compile cache"
+
+
+def test_the_only_request_runs_on_the_event_loop_up_to_the_idle_limits() -> None:
+    """Alone, a compiled query of moderate work skips the thread hop; with another request
+    being answered, the same work goes to a worker thread."""
+    from engine.compute import check_inline
+    from service.state import Services
+
+    svc = Services.build(Settings(_env_file=None, inline_max_flops=1_000_000,
+                                  inline_idle_max_flops=500_000_000,
+                                  inline_idle_max_body_bytes=1000))
+    loop_thread = threading.current_thread()
+
+    async def ask(in_flight: int, flops: int, body_bytes: int = 100) -> list[Any]:
+        svc.metrics.in_flight = in_flight
+        seen: list[Any] = []
+
+        def work() -> str:
+            seen.append((threading.current_thread() is loop_thread, inline_limit.get()))
+            check_inline(True, flops)
+            return "answer"
+
+        assert await svc.run(work, body_bytes=body_bytes) == "answer"
+        return seen
+
+    assert asyncio.run(ask(1, 10**8)) == [(True, 500_000_000)]
+    assert asyncio.run(ask(2, 10**8)) == [(True, 1_000_000), (False, None)]
+    assert asyncio.run(ask(1, 10**9)) == [(True, 500_000_000), (False, None)]
+    assert asyncio.run(ask(1, 10**3, body_bytes=2000)) == [(False, None)]
+    assert asyncio.run(ask(2, 10**3)) == [(True, 1_000_000)]
+
+
+def test_requests_in_flight_are_counted() -> None:
+    app = create_app(Settings(_env_file=None))
+    with TestClient(app) as c:
+        svc = app.state.services
+        assert svc.metrics.in_flight == 0
+        assert c.get("/v1/health/live").status_code == 200
+        assert svc.metrics.in_flight == 0
+        # the scrape is itself a request in flight
+        line = next(ln for ln in c.get("/metrics").text.splitlines()
+                    if ln.startswith("gradtape_http_requests_in_flight "))
+        assert float(line.split()[1]) == 1.0

@@ -993,7 +993,8 @@ def test_tape_queries_run_off_the_event_loop_give_the_same_answers(
     prepared: the answers are JAX's, and a change between two requests is always seen."""
     from service.main import create_app
 
-    settings = store_settings.model_copy(update={"inline_max_flops": 0})
+    settings = store_settings.model_copy(update={"inline_max_flops": 0,
+                                                 "inline_idle_max_flops": 0})
     x0 = np.array([0.5, -1.5, 2.0], np.float32)
 
     def f(x: Any) -> Any:

@@ -159,8 +159,10 @@ class SessionRuntime:
         if not nodes and not inputs and not watch:
             raise InvalidGraph("nothing to do: give nodes to run (or inputs to bind, or "
                                "tensors to watch)", loc=("nodes",))
-        if inputs and inline_limit.get() is not None:
-            raise Offload  # tensors to decode: a worker thread, before anything changes
+        # binding the inputs and watching are the only changes made before the compute may
+        # find itself too heavy for the event loop (`Offload`); run again in a worker
+        # thread, they bind the same values and watch the same tensors (the service keeps
+        # bodies too big to decode on the loop off it to begin with)
         for name, raw in (inputs or {}).items():
             self.put_tensor(s, name, raw, loc=("inputs", name))
         for tape_id, names in (watch or {}).items():
@@ -449,9 +451,9 @@ class SessionRuntime:
         if isinstance(target, str):
             if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
                 output_gradients = output_gradients[target]  # {target: tensor}
-            grads, query, cotangent = self._gradient(s, tape, target, sources,
-                                                     output_gradients, ("target",),
-                                                     check_numerics)
+            grads, query, cotangent = self._gradient(
+                s, tape, target, sources, output_gradients, ("target",), check_numerics,
+                host=apply is None or fetch_gradients or bool(save_as))
         else:
             grads, query, cotangent = self._total_gradient(s, tape, list(target), sources,
                                                            output_gradients, bool(save_as),
@@ -497,8 +499,9 @@ class SessionRuntime:
 
     def _gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
                   output_gradients: Any, loc: tuple[str | int, ...],
-                  check_numerics: bool = False
+                  check_numerics: bool = False, host: bool = True
                   ) -> tuple[dict[str, Any], _TapeQuery, np.ndarray | None]:
+        """`host=False`: the gradients stay the compiled call's arrays (for an update)."""
         query = self._prepare(s, tape, target, sources, loc=loc, check_numerics=check_numerics)
         grads: dict[str, Any] = {label: None for label in sources}
         cotangent = None
@@ -513,7 +516,7 @@ class SessionRuntime:
                                    loc=where)
         if query.live:
             out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none",
-                                       stored=self._kept(s, query))
+                                       stored=self._kept(s, query), host=host)
             for label, name in query.live.items():
                 grads[label] = out["gradients"][name]
         return grads, query, cotangent

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from engine.cache import CompileInfo
-from engine.compute import Offload, _avals_key, check_indices, check_inline, inline_limit
+from engine.compute import _avals_key, check_indices, check_inline, inline_limit
 from engine.errors import InvalidGraph, TooLarge, clip
 from engine.interpreter import run_eqns
 from engine.program import Program
@@ -70,8 +70,6 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
                inputs: Mapping[str, Any], target: str, optimizer: str,
                fetch: Sequence[str] | None, repeat: int, max_nodes: int) -> dict[str, Any]:
     """Bind `inputs`, then run `nodes` and update the optimiser's variables `repeat` times."""
-    if inputs and inline_limit.get() is not None:
-        raise Offload  # a batch to decode: a worker thread, before anything changes
     opt = rt.optimizer_named(s, optimizer, ("optimizer",))
     if not 1 <= repeat <= MAX_REPEAT:
         raise InvalidGraph(f"repeat must be between 1 and {MAX_REPEAT}", loc=("repeat",))
@@ -81,7 +79,10 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     if len(nodes) > max_nodes:
         raise TooLarge(f"{len(nodes)} nodes; the limit is {max_nodes} (GRADTAPE_MAX_NODES)",
                        loc=("nodes",))
-    for name, raw in inputs.items():  # a batch stays bound, as a PUT would bind it
+    # a batch stays bound, as a PUT would bind it: the one change made before the compute
+    # may find itself too heavy for the event loop (`Offload`), and run again in a worker
+    # thread, it binds the same values
+    for name, raw in inputs.items():
         rt.put_tensor(s, name, raw)
     key = (s.session_id, orjson.dumps(nodes), target, optimizer, tuple(fetch or ()), repeat)
     plan = rt.step_plans.get(key)
