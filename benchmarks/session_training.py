@@ -12,7 +12,9 @@ variables. One step is seven requests:
 6. POST run: u_<W> = multiply(g_<W>, lr) and assign_sub(<W>, u_<W>) for each weight, fetch [];
 7. DELETE the tape.
 
-The baseline is the same step in this process: `jax.jit` of value_and_grad + the SGD update,
+Requests go through the standard library's keep-alive `http.client` (`--client stdlib`, the
+default: little cost of its own per request) or httpx (`--client httpx`); bodies are encoded
+with orjson. The baseline is the same step in this process: `jax.jit` of value_and_grad + the SGD update,
 weights kept on the device between steps, the batch coming from NumPy each step, the loss
 fetched to host. Both run the same batches from the same initial weights, interleaved step by
 step, and the final weights are checked to agree. Goal: the session step within 1.3x of the
@@ -23,6 +25,7 @@ server) runs end to end, `--tutorial-runs` times: the number of requests and the
 each run, and its printed answers are checked against API.md.
 
     python benchmarks/session_training.py [--steps 20] [--warmup 3] [--tutorial-runs 3]
+                                          [--client stdlib|httpx]
     python benchmarks/session_training.py --smoke    # 2 steps, 1 tutorial run; no results
 """
 
@@ -42,7 +45,17 @@ import httpx
 import jax
 import numpy as np
 import orjson
-from _common import ROOT, environment, gradtape_server, median, ms, table, verdict, write_result
+from _common import (
+    ROOT,
+    KeepAlive,
+    environment,
+    gradtape_server,
+    median,
+    ms,
+    table,
+    verdict,
+    write_result,
+)
 from mlp import SHAPES, WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 
 LR = 0.1
@@ -75,8 +88,10 @@ def from_b64(tensor: dict[str, Any]) -> np.ndarray:
 class SessionTrainer:
     """The client side of one training step through a session."""
 
-    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray]):
+    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray],
+                 lean: KeepAlive | None = None):
         self.client = client
+        self.lean = lean  # when given, requests go through it instead of httpx
         self.sid = self._call("POST", "/v1/sessions", {"ttl_seconds": 3600})["session_id"]
         self.base = f"/v1/sessions/{self.sid}"
         for name, value in weights.items():
@@ -92,11 +107,15 @@ class SessionTrainer:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         # orjson both ways, as a client that cares for speed does: the standard library's
         # encoder alone takes over a millisecond on the 540 KB body of a b64 batch
-        r = self.client.request(method, path, content=None if body is None else
-                                orjson.dumps(body), headers=JSON)
-        if r.is_error:
-            raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
-        return None if r.status_code == 204 else orjson.loads(r.content)
+        content = None if body is None else orjson.dumps(body)
+        if self.lean is not None:
+            status, raw = self.lean.request(method, path, content, JSON)
+        else:
+            r = self.client.request(method, path, content=content, headers=JSON)
+            status, raw = r.status_code, r.content
+        if status >= 400:
+            raise RuntimeError(f"{method} {path} -> {status}: {raw[:2000]!r}")
+        return None if status == 204 else orjson.loads(raw)
 
     def _timer(self, times: list[float]) -> Any:
         """A `_call` that appends each request's time to `times`."""
@@ -141,8 +160,9 @@ class TapeApplyTrainer(SessionTrainer):
     session over the six weights: the gradients never leave the server); 4. DELETE the tape.
     """
 
-    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray]):
-        super().__init__(client, weights)
+    def __init__(self, client: httpx.Client, weights: dict[str, np.ndarray],
+                 lean: KeepAlive | None = None):
+        super().__init__(client, weights, lean)
         self._call("POST", f"{self.base}/optimizers", {
             "name": "sgd", "method": "sgd", "learning_rate": LR, "variables": list(WEIGHTS)})
 
@@ -268,6 +288,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--tutorial-runs", type=int, default=3)
+    parser.add_argument("--client", choices=["stdlib", "httpx"], default="stdlib",
+                        help="the HTTP client of the training steps: the standard library's "
+                        "keep-alive http.client (least client cost) or httpx")
     parser.add_argument("--smoke", action="store_true",
                         help="one warm-up and one timed step, one tutorial run, to check that "
                         "it works; the answers are still checked (writes no results)")
@@ -289,8 +312,9 @@ def main() -> int:
     apply_per_request: list[list[float]] = []
     jax_times: list[float] = []
     with gradtape_server() as server, httpx.Client(base_url=server.url, timeout=120) as client:
-        trainer = SessionTrainer(client, weights)
-        applier = TapeApplyTrainer(client, weights)
+        lean = KeepAlive(server.url) if args.client == "stdlib" else None
+        trainer = SessionTrainer(client, weights, lean)
+        applier = TapeApplyTrainer(client, weights, lean)
         for i, (X, Y) in enumerate(batches):
             elapsed, times = trainer.step(X, Y)
             apply_elapsed, apply_times_one = applier.step(X, Y)
@@ -329,7 +353,7 @@ def main() -> int:
         ["jax.jit(value_and_grad + SGD update), in process", j, ms(min(jax_times)),
          ms(max(jax_times))],
     ], title=f"Training step, MLP 784-512-512-10, batch 128 ({args.steps} steps after "
-             f"{args.warmup} warm-up, interleaved)"))
+             f"{args.warmup} warm-up, interleaved; {args.client} client)"))
     print(f"\nratio session / jit: {ratio:.2f}  (goal <= {GOAL}: {verdict(ratio <= GOAL)})")
     print(f"ratio tape + apply / jit: {apply_ratio:.2f}  (goal <= {APPLY_GOAL}: "
           f"{verdict(apply_ratio <= APPLY_GOAL)})")
@@ -367,7 +391,7 @@ def main() -> int:
         print("\nsmoke run: no results written")
         return 0 if ok else 1
     path = write_result("session_training", {
-        "config": {"steps": args.steps, "warmup": args.warmup, "lr": LR,
+        "config": {"steps": args.steps, "warmup": args.warmup, "lr": LR, "client": args.client,
                    "shapes": {k: list(v) for k, v in SHAPES.items()},
                    "requests_per_step": REQUESTS},
         "goals": {"session_over_jit_max": GOAL},

@@ -11,14 +11,19 @@ step by step, interleaved with the baseline:
   sends 128 indices and the step gathers the batch (`gather` nodes) before the forward pass;
   its baseline gathers from the data set on the device inside the jitted step;
 - `step, batch bound`: the batch already in the session, no inputs (the floor of the route);
+- `step, batch bound, <other> client`: the same with the other HTTP client (below);
 - `repeat: R`, per step: R steps on the bound batch in one request;
 - the baseline: `jax.jit` of value_and_grad and the optax update in this process, weights kept
   on the device, the batch from NumPy each step (for the b64 row), or fixed (for the others).
 
+Requests go through the standard library's keep-alive `http.client` (`--client stdlib`, the
+default), whose own cost per request is small, or through httpx (`--client httpx`), a client
+library that spends 0.4-0.7 ms of Python on each request here; bodies are encoded with orjson.
+
 Goals (issue figures): step ≤ 1.3x the jitted step; repeat ≤ 1.1x R jitted steps. The final
 weights of the server's SGD and of the baseline are compared after the same steps.
 
-    python benchmarks/training_step.py [--steps 20] [--repeat 100]
+    python benchmarks/training_step.py [--steps 20] [--repeat 100] [--client stdlib|httpx]
     python benchmarks/training_step.py --smoke
 """
 
@@ -38,7 +43,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import gradtape_server, median, table
+from _common import KeepAlive, gradtape_server, median, table
 from mlp import WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 from session_training import b64, from_b64
 
@@ -85,6 +90,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few steps, seconds")
+    parser.add_argument("--client", choices=["stdlib", "httpx"], default="stdlib",
+                        help="the HTTP client of the timed requests: the standard library's "
+                        "keep-alive http.client (least client cost) or httpx; the bound step "
+                        "is timed with the other one too")
     args = parser.parse_args()
     steps, repeat = (2, 3) if args.smoke else (args.steps, args.repeat)
     rng = np.random.default_rng(0)
@@ -94,12 +103,14 @@ def main() -> int:
     params = {k: jax.device_put(v) for k, v in weights.items()}
     state = opt.init(params)
     nodes = mlp_graph()["nodes"]
+    other = "httpx" if args.client == "stdlib" else "stdlib"
     rows: dict[str, list[float]] = {"step, batch as b64": [], "jit step, batch from NumPy": [],
                                     "step, batch as binary": [],
                                     "jit step, batch from NumPy (binary row)": [],
                                     "step, indices into a data set": [],
                                     "jit step, gather from the data set": [],
                                     "step, batch bound": [], "jit step, batch fixed": [],
+                                    f"step, batch bound, {other} client": [],
                                     f"repeat {repeat}, per step": [],
                                     f"{repeat} jit steps, per step": []}
     with gradtape_server(access_log="false") as server, \
@@ -111,19 +122,29 @@ def main() -> int:
                                                 "learning_rate": LR, "variables": list(WEIGHTS)})
         assert r.status_code == 201, r.text
 
-        def step_request(body: dict[str, Any]) -> None:
+        lean = KeepAlive(server.url)
+
+        def post(path: str, content: bytes, headers: dict[str, str],
+                 client: str = args.client) -> None:
+            if client == "httpx":
+                r = c.post(path, content=content, headers=headers)
+                status, text = r.status_code, r.text
+            else:
+                status, raw = lean.request("POST", path, content, headers)
+                text = raw.decode(errors="replace")
+            assert status == 200, text
+
+        def step_request(body: dict[str, Any], client: str = args.client) -> None:
             # orjson, as a client that cares for speed encodes (see session_training.py)
-            r = c.post(f"{base}/step", content=orjson.dumps({
-                "nodes": nodes, "target": "loss", "optimizer": "sgd", **body}), headers=JSON)
-            assert r.status_code == 200, r.text
+            post(f"{base}/step", orjson.dumps({"nodes": nodes, "target": "loss",
+                                               "optimizer": "sgd", **body}), JSON, client)
 
         def binary_step(X: np.ndarray, Y: np.ndarray) -> None:
             header = orjson.dumps({"nodes": nodes, "target": "loss", "optimizer": "sgd",
                                    "inputs": {"X": _ref(X), "Y": _ref(Y)}})
-            r = c.post(f"{base}/step", content=header + X.tobytes() + Y.tobytes(), headers={
+            post(f"{base}/step", header + X.tobytes() + Y.tobytes(), {
                 "content-type": "application/octet-stream",
                 "inference-header-content-length": str(len(header))})
-            assert r.status_code == 200, r.text
 
         for X, Y in batches[:2]:  # warm-up: compile both sides
             step_request({"inputs": {"X": b64(X), "Y": b64(Y)}})
@@ -154,11 +175,10 @@ def main() -> int:
                  for _ in range(steps + 2)]
 
         def gather_request(idx: np.ndarray) -> None:
-            r = c.post(f"{base}/step", content=orjson.dumps({
+            post(f"{base}/step", orjson.dumps({
                 "nodes": gather_nodes, "target": "loss", "optimizer": "sgd",
                 "inputs": {"idx": {"dtype": "int32", "shape": [128], "data": idx.tolist()}}}),
-                headers=JSON)
-            assert r.status_code == 200, r.text
+                JSON)
 
         for i, idx in enumerate(picks):
 
@@ -179,6 +199,8 @@ def main() -> int:
         step_request({"repeat": repeat})  # compile the loop
         for _ in range(steps):
             rows["step, batch bound"].append(timed(lambda: step_request({})))
+            rows[f"step, batch bound, {other} client"].append(
+                timed(lambda: step_request({}, other)))
 
             def jit_fixed() -> None:
                 nonlocal params, state
@@ -201,11 +223,13 @@ def main() -> int:
              ("step, batch as binary", "jit step, batch from NumPy (binary row)", 1.3),
              ("step, indices into a data set", "jit step, gather from the data set", 1.3),
              ("step, batch bound", "jit step, batch fixed", 1.3),
+             (f"step, batch bound, {other} client", "jit step, batch fixed", 1.3),
              (f"repeat {repeat}, per step", f"{repeat} jit steps, per step", 1.1)]
     print(table(["setup", "median ms per step", "baseline ms", "ratio", "goal"],
                 [[a, f"{med[a]:.2f}", f"{med[b]:.2f}", f"{med[a] / med[b]:.2f}x", f"<= {g}x"]
                  for a, b, g in pairs],
-                title="MLP 784-512-512-10, batch 128, SGD: POST .../step vs jit in process"))
+                title="MLP 784-512-512-10, batch 128, SGD: POST .../step vs jit in process "
+                f"({args.client} client)"))
     print(f"weights after the same {2 * steps} steps (b64 and binary batches): "
           f"max |server - in process| = {drift:.2e}")
     return 0 if drift < 1e-3 else 1
