@@ -5,8 +5,8 @@ uvicorn, one worker, access log off:
 
 - `echo`: benchmarks/echo_app.py, `POST /echo` returning the JSON body it got;
 - `gradtape`: `gradtape serve` with default settings;
-- `gradtape inline=0`: `gradtape serve` with GRADTAPE_INLINE_MAX_BODY_BYTES=0, which sends
-  every request to the thread pool (what the inline policy saves).
+- `gradtape inline=0`: `gradtape serve` with GRADTAPE_INLINE_MAX_BODY_BYTES=0 and
+  GRADTAPE_INLINE_IDLE_MAX_BODY_BYTES=0, which send every request to the thread pool (what the inline policy saves).
 
 The tutorial graph (x float32 [2,2], y = reduce_sum(x), z = multiply(y, y)) is registered
 once with POST /v1/graphs; the load is POST /v1/gradient {graph_id, inputs {x: [[1,1],[1,1]]},
@@ -197,7 +197,8 @@ def inprocess_breakdown(n: int = 200, profile_calls: int = 1000) -> dict[str, An
         runner = asyncio.Runner()
     # log level warning, as the servers below run: no access-log line per request
     apps = {"default": create_app(Settings(log_level="warning")),
-            "inline=0": create_app(Settings(log_level="warning", inline_max_body_bytes=0))}
+            "inline=0": create_app(Settings(log_level="warning", inline_max_body_bytes=0,
+                                            inline_idle_max_body_bytes=0))}
     graph = orjson.dumps(GRAPH)
     for app in apps.values():
         status, out = runner.run(_drive(app, "/v1/graphs", graph, 1))
@@ -317,7 +318,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-wrk-"))
 
     with echo_server() as echo, gradtape_server() as gt, \
-            gradtape_server("gradtape-inline0", inline_max_body_bytes=0) as gt0:
+            gradtape_server("gradtape-inline0", inline_max_body_bytes=0,
+                            inline_idle_max_body_bytes=0) as gt0:
         targets: dict[str, tuple[str, Path]] = {}
         body = ""
         for name, server in (("gradtape", gt), ("gradtape inline=0", gt0)):

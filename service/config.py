@@ -23,6 +23,10 @@ class Settings(BaseSettings):
         "text", description="log lines as text (time, level, logger, message, key=value "
         "fields) or json (one object a line)")
     access_log: bool = Field(True, description="one line per request (logger gradtape.access)")
+    opentelemetry: bool = Field(
+        False, description="FastAPI's OpenTelemetry spans, metrics and logs, for a process "
+        "that configures an OpenTelemetry SDK; off, no request pays for checking whether one "
+        "is configured (the Prometheus metrics at /metrics are always on)")
 
     # HTTP server (uvicorn)
     http_parser: Literal["auto", "h11", "httptools"] = Field(

@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=FastJSONResponse,
         static_url="/docs-assets",
+        telemetry=None if settings.opentelemetry else {
+            "tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     errors.install(app)
