@@ -123,17 +123,24 @@ def test_a_name_put_again_as_a_new_variable(rt_s: tuple[SessionRuntime, Session]
         np.testing.assert_allclose(w_now(rt, s), ref.step(X, Y), rtol=1e-5, atol=1e-6)
 
 
-def test_an_optimizer_made_again_with_another_rate(rt_s: tuple[SessionRuntime, Session]) -> None:
-    rt, s = rt_s
-    X, Y = data(2)
-    w0 = np.full((3, 2), 0.5, np.float32)
+def stepped_once(rt: SessionRuntime, s: Session, seed: int, w: float, lr: float
+                 ) -> tuple[np.ndarray, np.ndarray, Reference]:
+    """A bound batch, W full of `w` and SGD at `lr`, after one step (and its reference)."""
+    X, Y = data(seed)
+    w0 = np.full((3, 2), w, np.float32)
     rt.put_tensor(s, "X", X)
     rt.put_tensor(s, "Y", Y)
     rt.put_tensor(s, "W", w0, variable=True)
-    rt.create_optimizer(s, "o", "sgd", 0.01)
-    ref = Reference(w0, 0.01)
+    rt.create_optimizer(s, "o", "sgd", lr)
+    ref = Reference(w0, lr)
     step(rt, s)
     ref.step(X, Y)
+    return X, Y, ref
+
+
+def test_an_optimizer_made_again_with_another_rate(rt_s: tuple[SessionRuntime, Session]) -> None:
+    rt, s = rt_s
+    X, Y, ref = stepped_once(rt, s, 2, 0.5, 0.01)
     rt.delete_optimizer(s, "o")
     rt.create_optimizer(s, "o", "sgd", 0.3)
     ref2 = Reference(np.asarray(ref.w), 0.3)
@@ -143,15 +150,7 @@ def test_an_optimizer_made_again_with_another_rate(rt_s: tuple[SessionRuntime, S
 
 def test_a_constant_become_a_variable_and_back(rt_s: tuple[SessionRuntime, Session]) -> None:
     rt, s = rt_s
-    X, Y = data(3)
-    w0 = np.full((3, 2), 0.1, np.float32)
-    rt.put_tensor(s, "X", X)
-    rt.put_tensor(s, "Y", Y)
-    rt.put_tensor(s, "W", w0, variable=True)
-    rt.create_optimizer(s, "o", "sgd", 0.05)
-    ref = Reference(w0, 0.05)
-    step(rt, s)
-    ref.step(X, Y)
+    X, Y, ref = stepped_once(rt, s, 3, 0.1, 0.05)
     rt.put_tensor(s, "X", X, variable=True, trainable=False)  # read as a variable now
     step(rt, s)
     np.testing.assert_allclose(w_now(rt, s), ref.step(X, Y), rtol=1e-5, atol=1e-6)
