@@ -13,6 +13,8 @@ step by step, interleaved with the baseline:
 - `step, batch bound`: the batch already in the session, no inputs (the floor of the route);
 - `step, batch bound, <other> client`: the same with the other HTTP client (below);
 - `repeat: R`, per step: R steps on the bound batch in one request;
+- `step, batch bound, Adam`: a second optimizer of the same weights, optax's Adam, against
+  optax's Adam in process (the weights after the same steps compared too);
 - the baseline: `jax.jit` of value_and_grad and the optax update in this process, weights kept
   on the device, the batch from NumPy each step (for the b64 row), or fixed (for the others).
 
@@ -48,11 +50,12 @@ from mlp import WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 from session_training import b64, from_b64
 
 LR = 0.1
+ADAM_LR = 1e-3
 JSON = {"content-type": "application/json"}
 
 
-def jax_step() -> Any:
-    opt = optax.sgd(LR)
+def jax_step(opt: Any = None) -> Any:
+    opt = optax.sgd(LR) if opt is None else opt
 
     @jax.jit
     def step(params: dict[str, Any], state: Any, X: Any, Y: Any) -> Any:
@@ -112,7 +115,9 @@ def main() -> int:
                                     "step, batch bound": [], "jit step, batch fixed": [],
                                     f"step, batch bound, {other} client": [],
                                     f"repeat {repeat}, per step": [],
-                                    f"{repeat} jit steps, per step": []}
+                                    f"{repeat} jit steps, per step": [],
+                                    "step, batch bound, Adam": [],
+                                    "jit step, batch fixed, Adam": []}
     with gradtape_server(access_log="false") as server, \
             httpx.Client(base_url=server.url, timeout=600) as c:
         base = f"/v1/sessions/{c.post('/v1/sessions', json={}).json()['session_id']}"
@@ -218,21 +223,52 @@ def main() -> int:
                 jax.block_until_ready(params)
 
             rows[f"{repeat} jit steps, per step"].append(timed(jit_many) / repeat)
+        # Adam, the batch bound: a second optimizer of the same variables, from the weights
+        # SGD left, against optax's Adam in process from the same weights
+        start = {k: from_b64(c.get(f"{base}/tensors/{k}?encoding=base64").json())
+                 for k in WEIGHTS}
+        r = c.post(f"{base}/optimizers", json={"name": "adam", "method": "adam",
+                                                "learning_rate": ADAM_LR,
+                                                "variables": list(WEIGHTS)})
+        assert r.status_code == 201, r.text
+        adam_fn, adam = jax_step(optax.adam(ADAM_LR))
+        aparams = {k: jax.device_put(v) for k, v in start.items()}
+        astate = adam.init(aparams)
+
+        def adam_request() -> None:
+            post(f"{base}/step", orjson.dumps({"nodes": nodes, "target": "loss",
+                                               "optimizer": "adam"}), JSON)
+
+        def jit_adam() -> None:
+            nonlocal aparams, astate
+            _, aparams, astate = jax.block_until_ready(adam_fn(aparams, astate, Xd, Yd))
+
+        for i in range(steps + 2):
+            server, local = timed(adam_request), timed(jit_adam)
+            if i >= 2:  # the first two compile
+                rows["step, batch bound, Adam"].append(server)
+                rows["jit step, batch fixed, Adam"].append(local)
+        got = {k: from_b64(c.get(f"{base}/tensors/{k}?encoding=base64").json()) for k in WEIGHTS}
+        adam_drift = max(float(np.max(np.abs(got[k] - np.asarray(aparams[k]))))
+                         for k in WEIGHTS)
     med = {k: median(v) * 1e3 for k, v in rows.items()}
     pairs = [("step, batch as b64", "jit step, batch from NumPy", 1.3),
              ("step, batch as binary", "jit step, batch from NumPy (binary row)", 1.3),
              ("step, indices into a data set", "jit step, gather from the data set", 1.3),
              ("step, batch bound", "jit step, batch fixed", 1.3),
              (f"step, batch bound, {other} client", "jit step, batch fixed", 1.3),
+             ("step, batch bound, Adam", "jit step, batch fixed, Adam", 1.3),
              (f"repeat {repeat}, per step", f"{repeat} jit steps, per step", 1.1)]
     print(table(["setup", "median ms per step", "baseline ms", "ratio", "goal"],
                 [[a, f"{med[a]:.2f}", f"{med[b]:.2f}", f"{med[a] / med[b]:.2f}x", f"<= {g}x"]
                  for a, b, g in pairs],
-                title="MLP 784-512-512-10, batch 128, SGD: POST .../step vs jit in process "
-                f"({args.client} client)"))
-    print(f"weights after the same {2 * steps} steps (b64 and binary batches): "
+                title="MLP 784-512-512-10, batch 128, SGD (and Adam): POST .../step vs jit in "
+                f"process ({args.client} client)"))
+    print(f"weights after the same {2 * steps} SGD steps (b64 and binary batches): "
           f"max |server - in process| = {drift:.2e}")
-    return 0 if drift < 1e-3 else 1
+    print(f"weights after the same {steps + 2} Adam steps: max |server - in process| = "
+          f"{adam_drift:.2e}")
+    return 0 if drift < 1e-3 and adam_drift < 1e-3 else 1
 
 
 if __name__ == "__main__":
