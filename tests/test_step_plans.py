@@ -211,3 +211,15 @@ def test_reread_tells_changed_names_apart() -> None:
     assert reread(s, [("a", None, "in0"), ("b", None, "in0")]) is None
     del s.names["a"]
     assert reread(s, reads) is None
+
+
+def test_big_steps_are_not_kept(rt_s: tuple[SessionRuntime, Session],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.sessions import training
+
+    monkeypatch.setattr(training, "MAX_KEPT_EQNS", len(LINEAR) - 1)
+    rt, s = rt_s
+    X, Y, ref = stepped_once(rt, s, 6, 0.2, 0.05)
+    step(rt, s)
+    np.testing.assert_allclose(w_now(rt, s), ref.step(X, Y), rtol=1e-5, atol=1e-6)
+    assert len(rt.step_plans) == 0

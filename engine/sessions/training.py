@@ -10,6 +10,7 @@ compile budget it is refused.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ from engine.sessions.state import TENSOR_OVERHEAD, Handle, Optimizer, Session
 from engine.transforms import Query
 
 MAX_REPEAT = 10_000
+# the plans of steps up to this size are kept (at most `SessionRuntime.step_plans`' capacity
+# of them, ~400 bytes an equation); planning a bigger one costs little beside its compute
+MAX_KEPT_EQNS = 2_000
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,14 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     # thread, it binds the same values
     for name, raw in inputs.items():
         rt.put_tensor(s, name, raw)
-    key = (s.session_id, orjson.dumps(nodes), target, optimizer, tuple(fetch or ()), repeat)
+    body = hashlib.blake2b(orjson.dumps(nodes), digest_size=16).digest()
+    key = (s.session_id, body, target, optimizer, tuple(fetch or ()), repeat)
     plan = rt.step_plans.get(key)
     found = plan.inputs(s, opt) if plan is not None else None
     if plan is None or found is None:
         plan, values = _plan(rt, s, nodes, target, opt, fetch, repeat)
         leaves = _leaves(s, opt, plan.variables)
-        if plan.reusable:
+        if plan.reusable and len(plan.program.eqns) <= MAX_KEPT_EQNS:
             rt.step_plans.put(key, plan)
     else:
         values, leaves = found
