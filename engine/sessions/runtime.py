@@ -161,7 +161,7 @@ class SessionRuntime:
                                "tensors to watch)", loc=("nodes",))
         # binding the inputs and watching are the only changes made before the compute may
         # find itself too heavy for the event loop (`Offload`); run again in a worker
-        # thread, they bind the same values and watch the same tensors (the service keeps
+        # thread, they bind the same values and watch the same names (the service keeps
         # bodies too big to decode on the loop off it to begin with)
         for name, raw in (inputs or {}).items():
             self.put_tensor(s, name, raw, loc=("inputs", name))
