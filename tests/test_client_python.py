@@ -384,6 +384,100 @@ def test_variables_assign(client: gt.Client) -> None:
         np.testing.assert_array_equal(v.numpy(), [3.5, 3.5])
 
 
+# ----- optimizers held in the session -----
+
+def _regression(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(16, 3)).astype(np.float32),
+            rng.normal(size=(16, 1)).astype(np.float32),
+            rng.normal(size=(3, 1)).astype(np.float32))
+
+
+def _optax_steps(method: str, lr: float, w0: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                 steps: int, **options: Any) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = getattr(optax, method)(lr, **options)
+    w, state = jnp.asarray(w0), opt.init(jnp.asarray(w0))
+    for _ in range(steps):
+        g = jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))(w)
+        updates, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+    return np.asarray(w)
+
+
+@pytest.mark.parametrize(("method", "options"), [("sgd", {"momentum": 0.5}), ("adam", {})])
+def test_optimizer_minimize_is_one_request_and_matches_optax(
+        counted: Counted, method: str, options: dict[str, Any]) -> None:
+    X, Y, w0 = _regression(1)
+    with counted.client.session() as s:
+        w = s.Variable(w0, name="w")
+        opt = gt.Optimizer(method, 0.05, **options)
+        x, y = s.constant(X), s.constant(Y)
+        for step in range(1, 4):
+            with s.GradientTape() as tape:
+                loss = gt.reduce_mean(gt.square(gt.matmul(x, w) - y))
+            counted.calls.clear()
+            assert opt.minimize(loss, [w], tape=tape) == step == opt.iterations
+            # the forward run, then the gradient applied on the server (the optimizer is
+            # created there on its first use); no gradient comes back
+            routes = counted.routes()
+            first = ["POST optimizers"] if step == 1 else []
+            assert routes[-2 - len(first):] == ["POST run", *first, "POST gradient"], routes
+            assert routes.count("POST optimizers") == len(first)
+            assert json.loads(counted.calls[-1][2])["apply"] == opt.name
+        np.testing.assert_allclose(w.numpy(), _optax_steps(method, 0.05, w0, X, Y, 3,
+                                                           **options), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_apply_gradients_with_client_gradients(client: gt.Client) -> None:
+    X, Y, w0 = _regression(2)
+    with client.session() as s:
+        w = s.Variable(w0)
+        frozen = s.Variable(np.ones(2, np.float32))
+        opt = s.Optimizer("sgd", 0.1, variables=[w, frozen])
+        for _ in range(2):
+            with s.GradientTape() as tape:
+                loss = gt.reduce_mean(gt.square(gt.matmul(s.constant(X), w) - s.constant(Y)))
+            grad = tape.gradient(loss, w)
+            # a None gradient leaves its variable (and its state) as it is
+            opt.apply_gradients([(grad, w), (None, frozen)])
+        np.testing.assert_allclose(w.numpy(), _optax_steps("sgd", 0.1, w0, X, Y, 2),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(frozen.numpy(), [1.0, 1.0])
+        assert opt.iterations == 2 and "sgd" in repr(opt)
+
+
+def test_optimizer_errors(client: gt.Client) -> None:
+    with client.session() as s, client.session() as other:
+        w = s.Variable([1.0, 2.0])
+        with pytest.raises(ValueError, match="method must be one of"):
+            s.Optimizer("lbfgs", 0.1)
+        opt = s.Optimizer("sgd", 0.1, variables=[w])
+        with pytest.raises(ValueError, match="grads_and_vars is empty"):
+            opt.apply_gradients([(None, w)])
+        with pytest.raises(TypeError, match="variables of this optimizer's session"):
+            opt.apply_gradients([([1.0, 1.0], other.Variable([0.0, 0.0]))])
+        with s.GradientTape() as tape:
+            loss = gt.reduce_sum(w * w)
+        # an optimizer the server refuses: the problem names the field
+        bad = s.Optimizer("sgd", -1.0)
+        with pytest.raises(gt.InvalidRequestError) as err:
+            bad.minimize(loss, [w], tape=tape)
+        assert err.value.loc == ["body", "learning_rate"]
+        # a variable the optimizer does not update
+        v = s.Variable([3.0])
+        with s.GradientTape() as tape:
+            loss = gt.reduce_sum(w * v)
+        with pytest.raises(gt.InvalidGraphError, match="not a variable of optimizer"):
+            opt.minimize(loss, [v], tape=tape)
+        assert gt.Optimizer("sgd", 0.1)._session is other  # the innermost open session
+    with pytest.raises(RuntimeError, match="needs an open session"):
+        gt.Optimizer("sgd", 0.1)
+
+
 # ----- lazy batching -----
 
 def test_ops_are_sent_as_one_run_fetching_only_what_is_needed(counted: Counted) -> None:

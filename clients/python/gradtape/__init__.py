@@ -13,7 +13,8 @@
 
 Every op of the server's catalogue is a function here (`gt.reduce_sum`, `gt.math.softplus`,
 `gt.nn.relu`, `gt.linalg.inv`, ...). Ops are queued and sent as one request when a value is
-needed. `gt.function` traces a Python function into a graph for the stateless routes
+needed. `gt.Optimizer` keeps an optax optimizer on the server (`minimize(loss, var_list,
+tape=tape)` is one request). `gt.function` traces a Python function into a graph for the stateless routes
 (`client.gradient`, `jacobian`, `hvp`, `hessian`, `jvp`, `evaluate`, `minimize`).
 """
 
@@ -53,6 +54,7 @@ from gradtape.function import (
     function,
 )
 from gradtape.ops import OpFunction, OpNamespace
+from gradtape.optimizer import Optimizer as _Optimizer
 from gradtape.session import Session
 from gradtape.session import Variable as _Variable
 from gradtape.tape import GradientTape as _GradientTape
@@ -100,6 +102,13 @@ def GradientTape(persistent: bool = False,
     return _session("GradientTape").GradientTape(persistent, watch_accessed_variables)
 
 
+def Optimizer(method: str, learning_rate: float, variables: Any = None, name: str | None = None,
+              **options: Any) -> _Optimizer:
+    """An optimizer held in the current session: optax's `method` (sgd, adam, adamw, rmsprop,
+    adagrad) runs on the server; `minimize` and `apply_gradients` as TensorFlow's."""
+    return _session("Optimizer").Optimizer(method, learning_rate, variables, name, **options)
+
+
 def __getattr__(name: str) -> OpFunction:
     """The ops of the catalogue: `gt.reduce_sum`, `gt.tanh`, ..."""
     try:
@@ -137,6 +146,7 @@ __all__ = [
     "NonFiniteError",
     "NotFoundError",
     "OpFunction",
+    "Optimizer",
     "ServerError",
     "Session",
     "Tensor",

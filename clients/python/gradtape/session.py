@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from contextvars import Token
 
     from gradtape._http import Client
+    from gradtape.optimizer import Optimizer
     from gradtape.tape import GradientTape as Tape
 
 
@@ -158,6 +159,14 @@ class Session(Builder):
         from gradtape.tape import GradientTape
 
         return GradientTape(self, persistent, watch_accessed_variables)
+
+    def Optimizer(self, method: str, learning_rate: float, variables: Any = None,
+                  name: str | None = None, **options: Any) -> Optimizer:
+        """An optimizer of this session's variables (see `gt.Optimizer`)."""
+        from gradtape.optimizer import Optimizer
+
+        self._check_open()
+        return Optimizer(self, method, learning_rate, variables, name, **options)
 
     def flush(self) -> None:
         """Send every queued op and tape change now."""
