@@ -82,6 +82,13 @@ GradtapeSession <- R6::R6Class("gradtape_session",
       GradtapeTape$new(self, isTRUE(persistent), isTRUE(watch_accessed_variables))
     },
 
+    # An optimizer held in the session: optax's method ("sgd", "adam", "adamw",
+    # "rmsprop", "adagrad") with its options (momentum =, b1 =, weight_decay =, ...),
+    # over `variables` (default: the session's trainable variables now).
+    Optimizer = function(method, learning_rate, variables = NULL, ...) {
+      GradtapeOptimizer$new(self, method, learning_rate, variables, list(...))
+    },
+
     close = function() {
       if (!self$closed) {
         private$queue <- new_queue()
