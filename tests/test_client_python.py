@@ -450,6 +450,68 @@ def test_optimizer_apply_gradients_with_client_gradients(client: gt.Client) -> N
         assert opt.iterations == 2 and "sgd" in repr(opt)
 
 
+def _optax_losses(method: str, lr: float, w0: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                  steps: int) -> list[float]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = getattr(optax, method)(lr)
+    w, state, losses = jnp.asarray(w0), opt.init(jnp.asarray(w0)), []
+    for _ in range(steps):
+        loss, g = jax.value_and_grad(lambda w: jnp.mean((X @ w - Y) ** 2))(w)
+        updates, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_optimizer_step_is_one_request_and_matches_optax(counted: Counted, method: str) -> None:
+    X, Y, w0 = _regression(3)
+
+    def loss_fn(w: Any, x: Any, y: Any) -> Any:
+        return gt.reduce_mean(gt.square(gt.matmul(x, w) - y))
+
+    with counted.client.session() as s:
+        w = s.Variable(w0)
+        x, y = s.constant(X), s.constant(Y)
+        opt = s.Optimizer(method, 0.05)
+        losses = [opt.step(loss_fn, w, x, y)]
+        counted.calls.clear()
+        losses.append(opt.step(loss_fn, w, x, y))
+        assert counted.routes() == ["POST step"]  # the whole step, one request
+        losses += opt.step(gt.function(loss_fn), w, x, y, repeat=3)
+        assert opt.iterations == 5
+        np.testing.assert_allclose(losses, _optax_losses(method, 0.05, w0, X, Y, 5),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(w.numpy(), _optax_steps(method, 0.05, w0, X, Y, 5),
+                                   rtol=1e-5, atol=1e-6)
+        # node results are not kept in the session: only the variable changed
+        info = counted.client.request("GET", f"/sessions/{s.session_id}")
+        assert not any(t["name"].startswith("_step/") for t in info["tensors"])
+
+
+def test_optimizer_step_errors(client: gt.Client) -> None:
+    with client.session() as s, client.session() as other:
+        w = s.Variable([1.0, 2.0])
+        opt = s.Optimizer("sgd", 0.1)
+        with pytest.raises(TypeError, match="takes 1 arguments; step was given 2"):
+            opt.step(lambda w: gt.reduce_sum(w * w), w, w)
+        with pytest.raises(TypeError, match="'w' is list"):
+            opt.step(lambda w: gt.reduce_sum(w * w), [1.0, 2.0])
+        with pytest.raises(TypeError, match="the loss alone"):
+            opt.step(lambda w: (gt.reduce_sum(w), gt.reduce_sum(w * w)), w)
+        with pytest.raises(TypeError, match="of this optimizer's session"):
+            opt.step(lambda w: gt.reduce_sum(w * w), other.Variable([1.0]))
+        with pytest.raises(ValueError, match="repeat must be between"):
+            opt.step(lambda w: gt.reduce_sum(w * w), w, repeat=0)
+        # the server's checks: a loss that is not a scalar
+        with pytest.raises(gt.InvalidGraphError, match="floating-point scalar"):
+            opt.step(lambda w: w * w, w)
+        np.testing.assert_array_equal(w.numpy(), [1.0, 2.0])
+
+
 def test_optimizer_errors(client: gt.Client) -> None:
     with client.session() as s, client.session() as other:
         w = s.Variable([1.0, 2.0])

@@ -2,18 +2,23 @@
 optimizer methods.
 
 `minimize(loss, var_list, tape=tape)` is one request: the tape's gradient with `apply`, so the
-gradients never come back to the client. `apply_gradients(zip(grads, vars))` sends gradients
+gradients never come back to the client. `step(loss_fn, *args)` is one request for the whole
+step: the function is traced (as `gt.function` traces) and the server runs forward, gradient
+and update as one compiled function. `apply_gradients(zip(grads, vars))` sends gradients
 the client holds. Either way the variables change on the server, and their values here are
 fetched again when next read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from gradtape import _codec
 from gradtape._flow import Call, Flow, path
+from gradtape.function import _renamed
 from gradtape.tensor import Tensor
 
 if TYPE_CHECKING:
@@ -71,6 +76,45 @@ class Optimizer:
         return self._update(variables, lambda: Call(
             "POST", self._path("apply"), {"gradients": gradients}))
 
+    def step(self, fn: Callable[..., Any], *args: Tensor, repeat: int = 1) -> Any:
+        """A whole training step in one request (`POST .../step`): `fn`, a function of the
+        session's tensors and variables `args` returning the scalar loss (traced as
+        `gt.function` traces), its gradient and this optimizer's update run on the server as
+        one compiled function; `repeat` runs that many steps on the same arguments. Returns
+        the loss before the update (a list of `repeat` losses)."""
+        from gradtape.function import Function, function
+
+        if not 1 <= repeat <= 10_000:
+            raise ValueError("repeat must be between 1 and 10000")
+        session = self._session
+        traced_fn = fn if isinstance(fn, Function) else function(fn)
+        inputs = {p.name: _spec(arg, p.name) for p, arg in zip(traced_fn._params, args,
+                                                                strict=False)}
+        if len(args) != len(traced_fn._params):
+            raise TypeError(f"{traced_fn.fn.__name__} takes {len(traced_fn._params)} "
+                            f"arguments; step was given {len(args)}")
+        traced = traced_fn.trace(inputs)
+        if len(traced.outputs) != 1:
+            raise TypeError(f"{traced_fn.fn.__name__} returns {len(traced.outputs)} values; "
+                            "a step needs the loss alone")
+        for arg in args:
+            if arg._builder is not session:
+                raise TypeError("step takes tensors and variables of this optimizer's session")
+        rename = {name: session._ref(arg) for name, arg in zip(inputs, args, strict=True)}
+        for node in traced.graph["nodes"]:  # node results: names of their own in the step
+            ids = node["id"] if isinstance(node["id"], list) else [node["id"]]
+            rename.update({i: f"{STEP_PREFIX}{i}" for i in ids})
+        nodes = [_renamed(node, rename) for node in traced.graph["nodes"]]
+        target = rename[traced.outputs[0]]
+        variables = [a for a in args if _is_variable(a)]
+        body = {"nodes": nodes, "target": target, "optimizer": self.name, "repeat": repeat,
+                "fetch": [target]}
+        answer = session._client.run(self._update_flow(
+            variables, lambda: Call("POST", session._path("step"), body), keep=True))
+        if repeat > 1:
+            return [float(x) for x in answer["losses"]]
+        return float(_codec.decode(answer["values"][target]))
+
     # ----- internals -----
 
     def _own(self, variables: Iterable[Variable], field: str) -> list[Variable]:
@@ -88,7 +132,10 @@ class Optimizer:
         step: int = self._session._client.run(self._update_flow(variables, call))
         return step
 
-    def _update_flow(self, variables: list[Variable], call: Any) -> Flow[int]:
+    def _update_flow(self, variables: Iterable[Tensor], call: Any, keep: bool = False
+                     ) -> Flow[Any]:
+        """Create the optimizer if it is not yet, then make `call`; returns the step count
+        (the whole answer with `keep`)."""
         session = self._session
         yield from session._flush_flow([])
         if not self._created:
@@ -103,8 +150,28 @@ class Optimizer:
         for v in variables:  # changed on the server: read again when next needed
             v._value = None
         self.iterations = int(answer["step"])
-        return self.iterations
+        return answer if keep else self.iterations
 
     def _path(self, *parts: str) -> str:
         assert self._session.session_id is not None
         return path("sessions", self._session.session_id, "optimizers", self.name, *parts)
+
+
+STEP_PREFIX = "_step/"  # a step's node results, apart from the session's names
+
+
+def _spec(arg: Any, name: str) -> np.ndarray:
+    """An array of the argument's dtype and shape, for tracing (a variable's value is not
+    fetched for it)."""
+    if not isinstance(arg, Tensor):
+        raise TypeError(f"step takes session tensors and variables; {name!r} is "
+                        f"{type(arg).__name__}")
+    if _is_variable(arg):
+        return np.zeros(arg.shape, arg.dtype)
+    return np.asarray(arg.numpy())
+
+
+def _is_variable(arg: Any) -> bool:
+    from gradtape.session import Variable
+
+    return isinstance(arg, Variable)
