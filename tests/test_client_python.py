@@ -492,6 +492,39 @@ def test_optimizer_step_is_one_request_and_matches_optax(counted: Counted, metho
         assert not any(t["name"].startswith("_step/") for t in info["tensors"])
 
 
+def test_optimizer_step_carries_new_constants(counted: Counted) -> None:
+    """A new batch each step goes with the step: one request a step."""
+    X, Y, w0 = _regression(4)
+
+    def loss_fn(w: Any, x: Any, y: Any) -> Any:
+        return gt.reduce_mean(gt.square(gt.matmul(x, w) - y))
+
+    with counted.client.session() as s:
+        w = s.Variable(w0)
+        opt = s.Optimizer("sgd", 0.1)
+        halves = [(X[:8], Y[:8]), (X[8:], Y[8:])] * 2
+        losses = [opt.step(loss_fn, w, s.constant(halves[0][0]), s.constant(halves[0][1]))]
+        for Xh, Yh in halves[1:]:
+            counted.calls.clear()
+            x = s.constant(Xh)
+            losses.append(opt.step(loss_fn, w, x, s.constant(Yh)))
+            assert counted.routes() == ["POST step"]
+            sent = json.loads(counted.calls[0][2])["inputs"]
+            assert len(sent) == 2 and x.name in sent
+            np.testing.assert_array_equal(x.numpy(), Xh)  # bound: usable as any constant
+        # the same as four plain SGD steps on the halves
+        import jax
+        import jax.numpy as jnp
+
+        v, expected = jnp.asarray(w0), []
+        for Xh, Yh in halves:
+            loss, g = jax.value_and_grad(lambda v, Xh=Xh, Yh=Yh: jnp.mean((Xh @ v - Yh) ** 2))(v)
+            expected.append(float(loss))
+            v = v - 0.1 * g
+        np.testing.assert_allclose(losses, expected, rtol=1e-5)
+        np.testing.assert_allclose(w.numpy(), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
 def test_optimizer_step_errors(client: gt.Client) -> None:
     with client.session() as s, client.session() as other:
         w = s.Variable([1.0, 2.0])

@@ -100,7 +100,12 @@ class Optimizer:
         for arg in args:
             if arg._builder is not session:
                 raise TypeError("step takes tensors and variables of this optimizer's session")
-        rename = {name: session._ref(arg) for name, arg in zip(inputs, args, strict=True)}
+        # constants only the client knows go with the step as its inputs (bound in the
+        # session as a run would bind them): a new batch each step is still one request
+        carried = [arg for arg in args if not arg._bound and arg._value is not None]
+        values = {arg.name: arg._value for arg in carried if arg._value is not None}
+        rename = {name: arg.name if arg.name in values else session._ref(arg)
+                  for name, arg in zip(inputs, args, strict=True)}
         for node in traced.graph["nodes"]:  # node results: names of their own in the step
             ids = node["id"] if isinstance(node["id"], list) else [node["id"]]
             rename.update({i: f"{STEP_PREFIX}{i}" for i in ids})
@@ -109,8 +114,12 @@ class Optimizer:
         variables = [a for a in args if _is_variable(a)]
         body = {"nodes": nodes, "target": target, "optimizer": self.name, "repeat": repeat,
                 "fetch": [target]}
+        if values:
+            body["inputs"] = {name: _codec.encode(value) for name, value in values.items()}
         answer = session._client.run(self._update_flow(
             variables, lambda: Call("POST", session._path("step"), body), keep=True))
+        for arg in carried:
+            arg._bound = True
         if repeat > 1:
             return [float(x) for x in answer["losses"]]
         return float(_codec.decode(answer["values"][target]))
