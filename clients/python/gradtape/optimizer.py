@@ -18,7 +18,7 @@ import numpy as np
 
 from gradtape import _codec
 from gradtape._flow import Call, Flow, path
-from gradtape.function import _renamed
+from gradtape.function import Function, _renamed, function
 from gradtape.tensor import Tensor
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class Optimizer:
         self.name = session._variable_name(name or method)
         self._variables = None if variables is None else list(variables)
         self._created = False
+        self._functions: dict[Callable[..., Any], Function] = {}
         self.iterations = 0  # updates applied (TensorFlow's optimizer.iterations)
 
     def __repr__(self) -> str:
@@ -82,12 +83,12 @@ class Optimizer:
         `gt.function` traces), its gradient and this optimizer's update run on the server as
         one compiled function; `repeat` runs that many steps on the same arguments. Returns
         the loss before the update (a list of `repeat` losses)."""
-        from gradtape.function import Function, function
-
         if not 1 <= repeat <= 10_000:
             raise ValueError("repeat must be between 1 and 10000")
         session = self._session
-        traced_fn = fn if isinstance(fn, Function) else function(fn)
+        traced_fn = fn if isinstance(fn, Function) else self._functions.get(fn)
+        if traced_fn is None:  # a plain function: traced once per shape, as gt.function's
+            traced_fn = self._functions[fn] = function(fn)
         inputs = {p.name: _spec(arg, p.name) for p, arg in zip(traced_fn._params, args,
                                                                 strict=False)}
         if len(args) != len(traced_fn._params):
@@ -175,8 +176,8 @@ def _spec(arg: Any, name: str) -> np.ndarray:
     if not isinstance(arg, Tensor):
         raise TypeError(f"step takes session tensors and variables; {name!r} is "
                         f"{type(arg).__name__}")
-    if _is_variable(arg):
-        return np.zeros(arg.shape, arg.dtype)
+    if _is_variable(arg):  # its dtype and shape, as a view of one zero (nothing allocated)
+        return np.broadcast_to(np.zeros((), arg.dtype), arg.shape)
     return np.asarray(arg.numpy())
 
 
