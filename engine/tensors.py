@@ -446,10 +446,15 @@ def _object_dtype(obj: dict[str, Any], loc: Loc) -> np.dtype:
     return dtype
 
 
+def _unknown(obj: dict[str, Any], known: set[str]) -> str:
+    """The first few fields of `obj` that are not `known`, clipped, for a message ('' when
+    there are none)."""
+    return ", ".join(clip(k) for k in sorted(set(obj) - known, key=str)[:4])
+
+
 def _decode_object(obj: dict[str, Any], loc: Loc, max_elements: int | None) -> np.ndarray:
-    unknown = set(obj) - _TENSOR_KEYS
-    if unknown:
-        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
+    names = _unknown(obj, _TENSOR_KEYS)
+    if names:
         raise InvalidTensor(f"unknown tensor field(s) {names}; a tensor object has "
                             "dtype, shape and data (or b64)", loc=loc)
     dtype = _object_dtype(obj, loc)
@@ -595,9 +600,8 @@ def attach_binary(header: Any, blob: memoryview) -> Any:
 
 def _binary_tensor(obj: dict[str, Any], blob: memoryview, offset: int,
                    loc: Loc) -> tuple[np.ndarray, int]:
-    unknown = set(obj) - BINARY_KEYS
-    if unknown:
-        names = ", ".join(clip(k) for k in sorted(unknown, key=str)[:4])
+    names = _unknown(obj, BINARY_KEYS)
+    if names:
         raise InvalidTensor(f"field(s) {names} beside binary data; a binary tensor has "
                             "dtype, shape and parameters.binary_data_size only", loc=loc)
     dtype = _object_dtype(obj, loc)

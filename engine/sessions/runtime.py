@@ -70,6 +70,9 @@ ASSIGN_OPS: dict[str, Assign] = {
 }
 
 ByteBudget = Callable[[Session, int], None]
+# bytes past which a tensor is big: kept aligned and as its device array for compiled calls
+# to read in place; under it, copying is cheaper than the objects that avoid the copy
+BIG = 65_536
 # The last tape query this request prepared: when its work turns out too heavy for the event
 # loop (`Offload`), the request runs again in a worker thread, under the session's lock and
 # with nothing changed, and finds it here instead of replaying the tape again. A context
@@ -92,7 +95,7 @@ class SessionRuntime:
     def put_tensor(self, s: Session, name: str, raw: Any, variable: bool = False,
                    trainable: bool = True, loc: tuple[str, ...] = ("value",)) -> np.ndarray:
         value = decode(raw, loc, max_elements=self.engine.limits.max_elements)
-        if value.nbytes > 65_536:  # read by compiled calls, maybe many times: in place
+        if value.nbytes > BIG:  # read by compiled calls, maybe many times: in place
             value = aligned(value)
         old = s.names.get(name)
         freed = s.values[old.tensor].nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
@@ -326,11 +329,7 @@ class SessionRuntime:
                                loc=("gradients",))
         updates: dict[Handle, np.ndarray] = {}
         for label, raw in gradients.items():
-            binding = s.names.get(label)
-            handle = binding.variable if binding is not None else None
-            if handle is None or handle not in opt.state:
-                raise InvalidGraph(f"{clip(label)} is not a variable of optimizer {name!r}; its "
-                                   f"variables: {', '.join(opt.labels)}", loc=("gradients", label))
+            handle = self._optimized(s, opt, label, ("gradients", label))
             value = s.values[s.variables[handle].current]
             if isinstance(raw, str):
                 grad = self._value(s, self._name(s, raw, ("gradients", label)))
@@ -343,6 +342,17 @@ class SessionRuntime:
                                    f"{list(value.shape)}", loc=("gradients", label))
             updates[handle] = grad
         return self._apply(s, opt, updates)
+
+    @staticmethod
+    def _optimized(s: Session, opt: Optimizer, label: str, loc: tuple[str | int, ...]
+                   ) -> Handle:
+        """The variable `label` names, which must be one that `opt` updates."""
+        binding = s.names.get(label)
+        handle = binding.variable if binding is not None else None
+        if handle is None or handle not in opt.state:
+            raise InvalidGraph(f"{clip(label)} is not a variable of optimizer {opt.name!r}; its "
+                               f"variables: {', '.join(opt.labels)}", loc=loc)
+        return handle
 
     def _apply(self, s: Session, opt: Optimizer, updates: Mapping[Handle, Any]
                ) -> dict[str, Any]:
@@ -469,13 +479,8 @@ class SessionRuntime:
         opt = self.optimizer(s, apply)
         updates: dict[Handle, Any] = {}
         for i, (label, g) in enumerate(grads.items()):
-            binding = s.names[label]
-            if g is not None and binding.variable in opt.state:
-                updates[binding.variable] = g
-            elif g is not None:
-                raise InvalidGraph(f"{clip(label)} is not a variable of optimizer {apply!r}; "
-                                   f"its variables: {', '.join(opt.labels)}",
-                                   loc=("sources", i))
+            if g is not None:
+                updates[self._optimized(s, opt, label, ("sources", i))] = g
         if not updates:
             raise InvalidGraph("no source has a gradient to apply (none is watched or "
                                "connected to the target)", loc=("sources",))
@@ -849,7 +854,7 @@ class SessionRuntime:
     def _store(s: Session, value: np.ndarray) -> TensorId:
         # a small result viewing a JAX buffer is copied: the view keeps the buffer and its
         # wrappers alive, ten times the size of a scalar's data and its array
-        if value.base is not None and value.nbytes <= 65_536:
+        if value.base is not None and value.nbytes <= BIG:
             value = np.array(value)
         tid = s.new_id()
         s.values[tid] = value
@@ -861,7 +866,7 @@ class SessionRuntime:
         next call that reads it (a weight, step after step) does not copy it back."""
         value = np.asarray(result)
         tid = cls._store(s, value)
-        if value.nbytes > 65_536 and isinstance(result, jax.Array):
+        if value.nbytes > BIG and isinstance(result, jax.Array):
             s.device[tid] = result
         return tid
 
