@@ -4,11 +4,11 @@ gradient, opening and deleting tapes).
 
 A stateless query with a registered graph costs the engine tens of microseconds; FastAPI's
 router (matching the path against every route), its dependency solving and its request and
-response wrappers cost several times that. This ASGI middleware sits just outside the router,
-takes a request to one of the routes of its table (`Lean`, declared by each route module next
-to its routes) with a JSON body, validates it with the route's own request model and answers
-with the route's own `answer`, which the FastAPI route calls too, so both paths give the same
-answers. Errors are mapped by service/errors.py, as for every route. Anything it does not
+response wrappers cost several times that. The app's gateway (service/middleware.py) hands
+`FastPath` a request to one of the routes of its table (`Lean`, declared by each route module
+next to its routes) with a JSON body; it validates it with the route's own request model and
+answers with the route's own `answer`, which the FastAPI route calls too, so both paths give
+the same answers. Errors are mapped by service/errors.py, as for every route. Anything it does not
 take (another media type, a body that is not valid JSON or not a valid request: their
 400/415/422 answers are FastAPI's) goes on to the router with the body it read, so a client
 sees no difference but the time.
@@ -52,17 +52,18 @@ class Lean:
         return tuple(self.path.split("/"))
 
 
+Found = tuple[Lean, BaseRoute, dict[str, str]]  # the route, FastAPI's route, path parameters
+
+
 class FastPath:
-    def __init__(self, app: ASGIApp, services: Services,
-                 routes: Sequence[tuple[Lean, BaseRoute]]):
-        self.app = app
+    def __init__(self, services: Services, routes: Sequence[tuple[Lean, BaseRoute]]):
         self.services = services
         self.exact = {(lean.method, lean.path): (lean, route) for lean, route in routes
                       if "{" not in lean.path}
         self.templates = [(lean.method, lean.segments, lean, route) for lean, route in routes
                           if "{" in lean.path]
 
-    def match(self, method: str, path: str) -> tuple[Lean, BaseRoute, dict[str, str]] | None:
+    def match(self, method: str, path: str) -> Found | None:
         found = self.exact.get((method, path))
         if found is not None:
             return (*found, {})
@@ -82,13 +83,19 @@ class FastPath:
                 return lean, route, params
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.match(scope["method"], scope.get("path", "")) \
-            if scope["type"] == "http" else None
+    def take(self, scope: Scope) -> Found | None:
+        """The route of the table this request is for, when the lean path can answer it: a
+        JSON body (or a binary one) for a route with a body."""
+        found = self.match(scope["method"], scope["path"])
         if found is None or (found[0].model is not None and not (
                 _json(scope) or BINARY_HEADER in dict(scope["headers"]))):
-            await self.app(scope, receive, send)
-            return
+            return None
+        return found
+
+    async def serve(self, found: Found, scope: Scope, receive: Receive, send: Send,
+                    fallback: ASGIApp) -> None:
+        """Answer a request `take` took; `fallback` (FastAPI) words what is not a valid
+        request."""
         lean, route, params = found
         scope["route"] = route  # the template for metrics and the access log
         scope["path_params"] = params
@@ -105,7 +112,7 @@ class FastPath:
             try:
                 req = lean.model.model_validate(bodies.parse(scope, body))
             except (orjson.JSONDecodeError, ValidationError):
-                await self.app(scope, replay, send)  # FastAPI words the 400 or 422
+                await fallback(scope, replay, send)  # FastAPI words the 400 or 422
                 return
             except Exception as exc:  # a binary part that does not match its header
                 await (await errors.answer(Request(scope, replay), exc))(scope, replay, send)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,14 +11,13 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 import engine
 from service import errors, openapi
 from service.config import Settings
 from service.fastpath import FastPath
-from service.metrics import MetricsMiddleware
-from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from service.observability import RequestContextMiddleware
+from service.middleware import Gateway
 from service.responses import FastJSONResponse
 from service.routes import (
     differentiation,
@@ -38,6 +37,13 @@ Hessian-vector products, computed by JAX. Or keep GradientTape sessions on the s
 tensors, record ops while your client decides the control flow, and ask any tape for
 gradients, including gradients of gradients through nested tapes.
 """
+
+
+def in_front(app: FastAPI, gateway: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Put `gateway` in front of all of the app's middleware, FastAPI's error and telemetry
+    layers included, each time Starlette builds the stack."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: gateway(build())  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,12 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                 sessions.router, tapes.router)
              for r in router.routes if isinstance(r, APIRoute) for method in r.methods or ()}
     lean = [*differentiation.LEAN, *optimizers.LEAN, *sessions.LEAN, *tapes.LEAN]
-    app.add_middleware(FastPath, services=services,
-                       routes=[(entry, known[entry.method, entry.path]) for entry in lean])
-    if settings.api_key_set:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
-    app.add_middleware(RequestContextMiddleware, settings=settings)  # outermost
+    fast = FastPath(services, [(entry, known[entry.method, entry.path]) for entry in lean])
+    in_front(app, lambda stack: Gateway(stack, settings, services.metrics, fast))
     logging.getLogger("gradtape").setLevel(settings.log_level.upper())
     return app

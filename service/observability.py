@@ -12,22 +12,18 @@ Log lines are `text` (a timestamp, level, logger and message, then `key=value` f
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import re
 import sys
-import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from service.config import Settings
-from service.errors import problem
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the request being handled, when there is one."""
@@ -52,73 +48,7 @@ def new_request_id() -> str:
     return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, without building a UUID
 
 
-class RequestContextMiddleware:
-    """Pure ASGI. Add it last, so that it is the outermost of the app's middleware: it then
-    sees (and stamps) the answers of the body limit, the API keys and the routes alike.
-    Building it (when the app first runs) configures logging from the same settings."""
-
-    def __init__(self, app: ASGIApp, settings: Settings):
-        self.app = app
-        self.log_requests = settings.access_log
-        configure_logging(settings)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                given = value
-                break
-        rid = incoming_request_id(given) or new_request_id()
-        token = request_id.set(rid)
-        id_header = (REQUEST_ID_HEADER, rid.encode("ascii"))
-        start = time.perf_counter()
-        status: int | None = None
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ())
-                           if k.lower() != REQUEST_ID_HEADER]
-                headers.append(id_header)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        failed = False
-        try:
-            await self.app(scope, receive, send_with_id)
-        except asyncio.CancelledError:
-            # uvicorn cancels the requests still running when its graceful shutdown times
-            # out; tell the client to send it again (elsewhere) rather than cut it off.
-            failed = True
-            if status is None:
-                with contextlib.suppress(Exception):
-                    await problem(503, "the server is shutting down and stopped this request "
-                                  "before it finished; send it again", slug="shutting-down",
-                                  headers={"Retry-After": "1"})(scope, receive, send_with_id)
-            raise
-        except Exception:
-            failed = True
-            if status is None:
-                # Starlette's outermost error middleware would answer with the original send,
-                # without the id; answer here instead (it sends nothing once a response has
-                # started, but still calls the app's error handler, which logs the error).
-                await problem(500, "internal error; the server log has the details")(
-                    scope, receive, send_with_id)
-            raise
-        finally:
-            if self.log_requests and access_log.isEnabledFor(logging.INFO):
-                _log_access(scope, rid, status, time.perf_counter() - start)
-            # On an error, the id stays set for the error handler's log line; the variable
-            # belongs to this request's task context, which ends with it.
-            if not failed:
-                request_id.reset(token)
-
-
-def _log_access(scope: Scope, rid: str, status: int | None, seconds: float) -> None:
+def log_access(scope: Scope, rid: str, status: int | None, seconds: float) -> None:
     route = getattr(scope.get("route"), "path", None)
     fields: dict[str, Any] = {
         "method": scope.get("method", ""),

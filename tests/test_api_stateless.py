@@ -938,3 +938,39 @@ def test_hvp_checks_the_vector_of_an_unconnected_source(client: TestClient) -> N
                                      "vectors": {"x": [1.0, 1.0], "w": [1.0, 2.0, 3.0]}})
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["loc"] == ["body", "vectors", "w"]
+
+
+def test_request_latency_histogram_matches_prometheus_client() -> None:
+    """The request counts and latency buckets kept by `Metrics.observe` expose what
+    prometheus_client's own Counter and Histogram would, for the same observations (bucket
+    edges included: an observation equal to a bound is in that bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from service.metrics import LATENCY_BUCKETS, Metrics
+
+    metrics = Metrics()
+    registry = CollectorRegistry()
+    counter = Counter("gradtape_http_requests", "HTTP requests", ["method", "route", "status"],
+                      registry=registry)
+    histogram = Histogram("gradtape_http_request_seconds", "HTTP request latency",
+                          ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+    rng = np.random.default_rng(0)
+    seconds = [*rng.exponential(0.01, 200), *LATENCY_BUCKETS, 0.0, 100.0]
+    for i, s in enumerate(seconds):
+        method, route, status = ("POST", "/v1/gradient", 200) if i % 3 else ("GET", "/x", 404)
+        metrics.observe(method, route, status, float(s))
+        counter.labels(method, route, str(status)).inc()
+        histogram.labels(method, route).observe(float(s))
+
+    def families(text: str) -> dict[Any, float]:
+        return {k: v for k, v in _samples(text).items()
+                if k[0].startswith(("gradtape_http_requests_total", "gradtape_http_request_seconds"))
+                and not k[0].endswith("_created")}
+
+    ours = families(generate_latest(metrics.registry).decode())
+    theirs = families(generate_latest(registry).decode())
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-12), key
+    assert ours[("gradtape_http_requests_total", (("method", "GET"), ("route", "/x"),
+                                                 ("status", "404")))] == len(range(0, 217, 3))
