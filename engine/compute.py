@@ -13,12 +13,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from engine import control, numerics
-from engine.cache import CompileCache, CompileInfo
+from engine.cache import CompileCache, CompileInfo, Lru
 from engine.cost import REVERSE_KINDS, Cost, estimate, human_bytes
 from engine.errors import InvalidGraph, InvalidTensor, TooLarge, clip
 from engine.interpreter import Aval, TypeCache
@@ -81,6 +82,42 @@ class Bound:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.types[name].shape)
 
+    def signature(self) -> tuple[Any, ...]:
+        """What the checks and the compiled function of a query depend on besides the query:
+        the program's structure, which of its inputs have defaults, and the inputs' shapes and
+        dtypes, as they are batched."""
+        return (self.program.structure_key, tuple(self.program.input_defaults),
+                _avals_key(self.inputs), self.batch)
+
+
+class Key(tuple[Any, ...]):
+    """A compile-cache key whose hash is computed once: a query's key is looked up several
+    times a request (its cost, whether it is compiled, its function), and its hash would
+    otherwise walk the whole query each time."""
+
+    def __new__(cls, items: tuple[Any, ...]) -> Key:
+        key = super().__new__(cls, items)
+        key._hash = tuple.__hash__(key)
+        return key
+
+    _hash: int
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A derivative query's checked names and compile-cache key, for one request shape (its
+    target, sources and options) on one signature: the checks ran once; a request of the same
+    shape only runs the function."""
+
+    targets: tuple[str, ...]
+    names: tuple[str, ...]  # the sources asked for
+    live: tuple[str, ...]  # of them, those the targets reach
+    query: Query
+    key: Key
+
 
 def _avals_key(values: Any) -> tuple[Any, ...]:
     """Shapes and dtypes of a dict or tuple of arrays (or None), for cache keys."""
@@ -90,11 +127,29 @@ def _avals_key(values: Any) -> tuple[Any, ...]:
     return tuple((v.shape, v.dtype) if v is not None else None for v in items)
 
 
+@lru_cache(maxsize=4096)
+def _aval(shape: tuple[int, ...], dtype: np.dtype) -> Aval:
+    """One Aval a shape and dtype (building one costs microseconds; they are not changed)."""
+    return Aval(shape, dtype)
+
+
+def _plan_key(kind: str, bound: Bound, target: Any, sources: Any, *options: Any) -> Any:
+    """The key of a query's Plan, or None when the request's names cannot be one (its
+    checks then run, and say what is wrong). A plan is kept only once its checks passed."""
+    try:
+        key = (kind, bound.signature(), target if isinstance(target, str) else tuple(target),
+               None if sources is None else tuple(sources), options)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def _to_host(tree: Any) -> Any:
     """Arrays in nested tuples as NumPy arrays (several times cheaper than `device_get` for
     the small results of a typical query)."""
-    if isinstance(tree, tuple | list):
-        return tuple(_to_host(t) for t in tree)
+    if type(tree) is tuple or type(tree) is list:
+        return tuple([_to_host(t) for t in tree])
     return np.asarray(tree)
 
 
@@ -107,6 +162,7 @@ class Engine:
         self.cache = cache if cache is not None else CompileCache()
         self.types = types if types is not None else TypeCache()
         self._costs: OrderedDict[Any, Cost] = OrderedDict()
+        self._plans: Lru[Plan] = Lru(1024)
 
     # ----- binding -----
 
@@ -164,7 +220,7 @@ class Engine:
                     batch: Sequence[str] = (), check_numerics: bool = False) -> Bound:
         """Infer every name's type from input values already decoded (the `batch` inputs
         with their batch axis first)."""
-        avals = {n: Aval(v.shape[1:] if n in batch else v.shape, v.dtype)
+        avals = {n: _aval(v.shape[1:] if n in batch else v.shape, v.dtype)
                  for n, v in values.items()}
         if inline_limit.get() is not None:
             check_inline(self.types.known(program, avals), 0)
@@ -204,19 +260,31 @@ class Engine:
         """`stored`: values of intermediates computed before (a session's run kept them);
         with them only the backward pass runs. `host=False`: the results stay the compiled
         call's arrays (for a next call on the server, such as an optimiser's update)."""
-        targets = self._targets(bound, target)
-        names = self._sources(bound, sources)
-        live = self._live_sources(bound, targets, names)
+        plan_key = None
+        if not stored:
+            plan_key = _plan_key("gradient", bound, target, sources, output_gradients is not None)
+        plan = self._plans.get(plan_key) if plan_key is not None else None
+        if plan is None:
+            targets = self._targets(bound, target)
+            names = self._sources(bound, sources)
+            live = self._live_sources(bound, targets, names)
+            query = self._query(bound, "gradient", targets, live,
+                                with_cotangents=output_gradients is not None,
+                                stored=tuple(sorted(stored or ())))
+        else:
+            targets, names, live, query = plan.targets, plan.names, plan.live, plan.query
         cotangents = None
         if output_gradients is not None:
             cotangents = self._cotangents(bound, target, targets, output_gradients)
-        query = self._query(bound, "gradient", targets, live, with_cotangents=cotangents
-                            is not None, stored=tuple(sorted(stored or ())))
         source_values = self._source_values(bound, live)
         if stored:  # in name order: the cache key reads the values in dict order
             bound = replace(bound, inputs={**bound.inputs,
                                            **{n: stored[n] for n in sorted(stored)}})
-        values, grads = self._run(bound, query, source_values, cotangents, host=host)
+        key = plan.key if plan is not None else self._key(bound, query, source_values,
+                                                          cotangents)
+        values, grads = self._run(bound, query, source_values, cotangents, host=host, key=key)
+        if plan is None and plan_key is not None:
+            self._plans.put(plan_key, Plan(targets, names, live, query, key))
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
         found = dict(zip(live, grads, strict=True))
@@ -401,17 +469,23 @@ class Engine:
                            f"the limit is {human_bytes(limits.max_response_bytes)} "
                            "(GRADTAPE_MAX_RESPONSE_BYTES): ask for fewer or smaller results")
 
+    @staticmethod
+    def _key(bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any) -> Key:
+        """The compile-cache key of `query` on these values."""
+        return Key((bound.program.structure_key, query, bound.batch, _avals_key(bound.inputs),
+                    _avals_key(sources), _avals_key(extra), bound.program.literal_types))
+
     def _run(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
-             answered: bool = True, host: bool = True) -> Any:
+             answered: bool = True, host: bool = True, key: Key | None = None) -> Any:
         token = control.iteration_bound.set(self.limits.max_iterations)
         try:
-            out = self._run_bounded(bound, query, sources, extra, answered)
+            out = self._run_bounded(bound, query, sources, extra, answered, key)
             return _to_host(out) if host else out
         finally:
             control.iteration_bound.reset(token)
 
     def _run_bounded(self, bound: Bound, query: Query, sources: tuple[Any, ...], extra: Any,
-                     answered: bool = True) -> Any:
+                     answered: bool = True, key: Key | None = None) -> Any:
         program = bound.program
         loops = control.unbounded_loops(program, program.needed(query.targets)) \
             if program.functions_used else []
@@ -421,8 +495,7 @@ class Engine:
                                "(the loop then stops there, as TensorFlow's "
                                "maximum_iterations does), or use jvp (forward mode)",
                                node=loops[0])
-        key = (program.structure_key, query, bound.batch, _avals_key(bound.inputs),
-               _avals_key(sources), _avals_key(extra), program.literal_types)
+        key = key if key is not None else self._key(bound, query, sources, extra)
         cost = self.cost(bound, query, key)
         self.admit(bound, query, cost, answered)
         checking = ("numerics", *key) if bound.check_numerics else None
