@@ -254,3 +254,20 @@ def test_session_routes_keep_idempotency_keys(client: TestClient) -> None:
         r = client.delete(f"{base}/tapes/{tape}", headers={"idempotency-key": "k-2"})
         assert r.status_code == 204
     assert client.delete(f"{base}/tapes/{tape}").status_code == 404
+
+
+@pytest.mark.parametrize("status", [100, 200, 201, 204, 304, 404, 422, 500])
+@pytest.mark.parametrize("headers", [None, {"Retry-After": "1"}])
+def test_json_answers_have_starlettes_headers(status: int, headers: Any) -> None:
+    """FastJSONResponse writes the headers of a plain JSON answer itself; they are the ones
+    Starlette's JSONResponse gives, for every status and with extra headers."""
+    from starlette.responses import JSONResponse
+
+    from service.responses import FastJSONResponse, ProblemResponse
+
+    content = {"a": [1, 2], "b": "é"}
+    ours = FastJSONResponse(content, status_code=status, headers=headers)
+    theirs = JSONResponse(content, status_code=status, headers=headers)
+    assert ours.raw_headers == theirs.raw_headers
+    problem = ProblemResponse(content, status_code=status, headers=headers)
+    assert dict(problem.raw_headers)[b"content-type"] == b"application/problem+json"
