@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
-from engine.tensors import attach_binary
+from engine.tensors import attach_binary, encode
 
 BINARY_HEADER = b"inference-header-content-length"
 
@@ -30,6 +31,18 @@ def binary_header_length(scope: Scope) -> int | None:
                                     "length of the JSON header that starts the body")
             return int(value)
     return None
+
+
+def as_json(tree: Any) -> Any:
+    """`tree` with each array of a binary part written as a base64 tensor object: the JSON a
+    client could have sent instead (for what is kept as JSON, such as a registered graph)."""
+    if isinstance(tree, np.ndarray):
+        return encode(tree, encoding="base64")
+    if isinstance(tree, dict):
+        return {k: as_json(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [as_json(v) for v in tree]
+    return tree
 
 
 def parse(scope: Scope, body: bytes) -> Any:

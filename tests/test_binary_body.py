@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import jax
@@ -121,3 +122,57 @@ def test_octet_stream_without_the_header_is_415(client: TestClient) -> None:
                     headers={"content-type": "application/octet-stream"})
     assert r.status_code == 415
     assert "application/json" in r.json()["detail"]
+
+
+def test_a_graph_registered_with_binary_constants_is_the_json_graph(client: TestClient) -> None:
+    """A constant sent as bytes is kept as the base64 tensor it could have been sent as: the
+    same graph id as the JSON graph, and the same answers."""
+    c = np.linspace(-1, 1, 12).reshape(3, 4).astype(np.float64)
+    nodes: list[dict[str, Any]] = [{"id": "xc", "op": "multiply", "args": ["x", ref(c)]},
+                                   {"id": "loss", "op": "reduce_sum", "args": ["xc"]}]
+    graph = {"inputs": {"x": {"dtype": "float64", "shape": [3, 4]}},
+             "nodes": nodes, "outputs": ["loss"]}
+    content, headers = binary_body(graph, c)
+    binary = client.post("/v1/graphs", content=content, headers=headers)
+    assert binary.status_code == 201, binary.text
+    as_b64 = {**graph, "nodes": [{**nodes[0], "args": ["x", {
+        "dtype": "float64", "shape": [3, 4], "b64": base64.b64encode(c.tobytes()).decode()}]},
+        nodes[1]]}
+    again = client.post("/v1/graphs", json=as_b64)
+    assert again.status_code == 200, again.text  # already registered: the same graph
+    gid = binary.json()["graph_id"]
+    assert again.json()["graph_id"] == gid
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    r = client.post("/v1/gradient", json={"graph_id": gid, "inputs": {"x": x.tolist()},
+                                          "target": "loss"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["gradients"]["x"]["data"], c, rtol=1e-15)
+    bad, headers = binary_body(graph, c[:2])
+    r = client.post("/v1/graphs", content=bad, headers=headers)
+    assert r.status_code == 422, r.text
+    assert "binary" in r.json()["detail"]
+
+
+def test_binary_constants_in_a_steps_nodes(client: TestClient) -> None:
+    """A step whose nodes hold a tensor of the binary part: each step uses its own bytes."""
+    sid = client.post("/v1/sessions", json={}).json()["session_id"]
+    base = f"/v1/sessions/{sid}"
+    assert client.put(f"{base}/tensors/w", json={"value": W.tolist(),
+                                                  "variable": True}).status_code == 200
+    assert client.post(f"{base}/optimizers", json={"name": "sgd", "method": "sgd",
+                                                   "learning_rate": 0.1}).status_code == 201
+    w = W.astype(np.float64)
+    for seed in range(3):
+        target = np.random.default_rng(seed).normal(size=4).astype(np.float32)
+        body = {"target": "loss", "optimizer": "sgd", "fetch": ["loss"],
+                "nodes": [{"id": "e", "op": "subtract", "args": ["w", ref(target)]},
+                          {"id": "sq", "op": "square", "args": ["e"]},
+                          {"id": "loss", "op": "reduce_sum", "args": ["sq"]}]}
+        content, headers = binary_body(body, target)
+        r = client.post(f"{base}/step", content=content, headers=headers)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["values"]["loss"]["data"],
+                                   np.sum((w - target) ** 2), rtol=1e-5)
+        w = w - 0.1 * 2 * (w - target)  # d sum((w - t)^2) / dw = 2 (w - t)
+        np.testing.assert_allclose(client.get(f"{base}/tensors/w").json()["data"], w,
+                                   rtol=1e-5)

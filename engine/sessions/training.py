@@ -88,7 +88,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     # thread, it binds the same values
     for name, raw in inputs.items():
         rt.put_tensor(s, name, raw)
-    body = hashlib.blake2b(orjson.dumps(nodes), digest_size=16).digest()
+    body = _digest(nodes)
     key = (s.session_id, body, target, optimizer, tuple(fetch or ()), repeat)
     plan = rt.step_plans.get(key)
     found = plan.inputs(s, opt) if plan is not None else None
@@ -130,6 +130,19 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
 
 
 Leaves = tuple[tuple[Any, ...], ...]
+
+
+def _digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
+    """A digest of a step's nodes; an array among them (a tensor of the request's binary
+    part) counts by its dtype, shape and bytes."""
+    def array(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            data = np.ascontiguousarray(obj).tobytes()
+            return [obj.dtype.str, list(obj.shape),
+                    hashlib.blake2b(data, digest_size=16).hexdigest()]
+        raise TypeError(f"{type(obj).__name__} in a step's nodes")
+
+    return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
 
 
 def _leaves(s: Session, opt: Optimizer, variables: Sequence[tuple[Handle, str]]) -> Leaves:

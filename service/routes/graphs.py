@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from engine.onnx import MEDIA_TYPE as ONNX
 from engine.onnx import translate
+from service import bodies
 from service.deps import BodyBytes, ServicesDep
 from service.responses import FastJSONResponse, FastRoute
 from service.schemas.graphs import Graph, GraphCreated, GraphOut
@@ -39,8 +40,8 @@ async def graph_or_model(request: Request) -> Graph | bytes:
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ("body",),
                                        "msg": "Field required", "input": None}])
-    try:
-        data = orjson.loads(body)
+    try:  # tensors in a binary part are kept as the base64 JSON they could have been sent as
+        data = bodies.as_json(bodies.parse(request.scope, body))
     except orjson.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
                                        "msg": "JSON decode error", "input": {},
