@@ -8,6 +8,7 @@ Request counts are taken with an httpx event hook on the client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "clients" / "python"))  # also without `pip install -e`
 
 import gradtape as gt  # noqa: E402
+from gradtape import _codec  # noqa: E402
 from gradtape._catalog import CATALOG  # noqa: E402
 
 from tests.live import live_server  # noqa: E402
@@ -39,11 +41,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Counted:
     """A client whose requests are recorded as (method, last path segment, body)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, binary: bool = True):
         self.calls: list[tuple[str, str, bytes]] = []
-        self.client = gt.Client(url, event_hooks={"request": [self._seen]})
+        self.requests: list[httpx.Request] = []
+        self.client = gt.Client(url, binary=binary, event_hooks={"request": [self._seen]})
 
     def _seen(self, request: httpx.Request) -> None:
+        self.requests.append(request)
         self.calls.append((request.method, request.url.path.rsplit("/", 1)[-1],
                            request.content))
 
@@ -749,19 +753,283 @@ def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(seen[0].url) == "http://from-env.test/v1/health/live"
 
 
-# ----- large arrays -----
+# ----- large arrays: raw bytes after the JSON, or base64 in it -----
 
-def test_large_arrays_travel_as_base64_exactly(counted: Counted) -> None:
+def _sent(request: httpx.Request) -> tuple[Any, bytes]:
+    """A request's JSON and the bytes after it (the binary tensor extension)."""
+    length = request.headers.get("Inference-Header-Content-Length")
+    if length is None:
+        assert request.headers["Content-Type"] == "application/json"
+        return json.loads(request.content), b""
+    return json.loads(request.content[:int(length)]), request.content[int(length):]
+
+
+def test_large_arrays_travel_as_bytes_exactly(server: str) -> None:
     rng = np.random.default_rng(0)
     big = rng.standard_normal((300, 40))
     big[0, 0] = np.nan
-    with counted.client.session() as s:
-        x = s.constant(big)
-        y = (x * 2.0).numpy()
-    sent = json.loads(counted.calls[1][2])
-    assert set(sent["inputs"][x.name]) == {"dtype", "shape", "b64"}
-    assert y.dtype == np.float64 and y.shape == (300, 40)
-    np.testing.assert_array_equal(y, big * 2.0)  # bit for bit, NaN included
+    for binary in (True, False):
+        counted = Counted(server, binary=binary)
+        with counted.client.session() as s:
+            x = s.constant(big)
+            y = (x * 2.0).numpy()
+        counted.client.close()
+        head, raw = _sent(counted.requests[1])
+        sent = head["inputs"][x.name]
+        if binary:
+            assert sent == {"dtype": "float64", "shape": [300, 40],
+                            "parameters": {"binary_data_size": big.nbytes}}
+            assert raw == big.astype("<f8").tobytes()
+        else:
+            assert set(sent) == {"dtype", "shape", "b64"} and raw == b""
+        assert y.dtype == np.float64 and y.shape == (300, 40)
+        np.testing.assert_array_equal(y, big * 2.0)  # bit for bit, NaN included
+
+
+def _arrays() -> list[np.ndarray]:
+    """Arrays of each dtype, big and small, with NaN and infinities, 0-d and empty."""
+    rng = np.random.default_rng(1)
+    f32 = rng.standard_normal((8, 16)).astype(np.float32)
+    f32[1, 2], f32[3, 4], f32[5, 6] = np.nan, np.inf, -np.inf
+    return [
+        f32,
+        rng.standard_normal(100),                                  # float64
+        np.array([1.5, np.nan, -np.inf], np.float32),              # small, not finite
+        np.array([0.25, -3.0], np.float64),                        # small, finite: JSON
+        np.float32(np.inf) * np.ones((), np.float32),              # 0-d, not finite
+        np.array(2.5, np.float64),                                 # 0-d, finite
+        rng.integers(-2**31, 2**31, (4, 25)).astype(np.int32),
+        rng.integers(-2**62, 2**62, 70).astype(np.int64),
+        rng.random((10, 10)) > 0.5,                                # bool
+        np.zeros((0, 3), np.float32),                              # empty
+        np.zeros((2, 0, 40), np.int32),
+    ]
+
+
+ARRAYS = _arrays()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_arrays_round_trip_in_a_session(server: str, binary: bool) -> None:
+    with gt.Client(server, binary=binary) as client, client.session() as s:
+        variables = [s.Variable(a, trainable=False) for a in ARRAYS]  # PUT .../tensors/v
+        constants = [s.constant(a) for a in ARRAYS]                  # a run's inputs
+        ran = [gt.identity(c) for c in constants] + [gt.identity(a) for a in ARRAYS]
+        s.flush()
+        tensors = f"/sessions/{s.session_id}/tensors"
+        for i, a in enumerate(ARRAYS):  # every one as bytes, empty and small ones included
+            client.request("PUT", f"{tensors}/bytes{i}",
+                           {"value": _codec.encode(a, b64_min_elements=0)})
+        for i, (a, v, y) in enumerate(zip(ARRAYS * 2, variables * 2, ran, strict=True)):
+            stored, as_bytes = (_codec.decode(client.request(
+                "GET", f"{tensors}/{name}", params={"encoding": "base64"}))
+                for name in (v.name, f"bytes{i % len(ARRAYS)}"))
+            for got in (stored, as_bytes, y.numpy()):
+                assert got.dtype == a.dtype and got.shape == a.shape
+                np.testing.assert_array_equal(got, a)
+
+
+@gt.function
+def echo(x: Any) -> Any:
+    return {"y": gt.identity(x), "n": gt.reduce_sum(gt.cast(gt.isnan(gt.cast(x, "float64")),
+                                                            "int32"))}
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_arrays_round_trip_through_the_stateless_routes(server: str, binary: bool) -> None:
+    with gt.Client(server, binary=binary) as client:
+        for a in ARRAYS:
+            got = client.evaluate(echo, a)
+            assert got["y"].dtype == a.dtype and got["y"].shape == a.shape
+            np.testing.assert_array_equal(got["y"], a)
+            assert int(got["n"]) == int(np.isnan(a.astype(np.float64)).sum())
+
+
+def test_binary_and_base64_give_the_same_results(server: str) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((128, 784)).astype(np.float32)
+    w = rng.standard_normal((784, 2)).astype(np.float32) * 0.05
+    y = rng.standard_normal((128, 1)).astype(np.float32)
+    w0 = rng.standard_normal((784, 1)).astype(np.float32) * 0.05
+    big_constant = rng.standard_normal(784).astype(np.float32)
+
+    @gt.function
+    def shifted_loss(x: Any, w: Any) -> Any:  # a big constant in the registered graph
+        return gt.reduce_sum(gt.tanh((x - big_constant) @ w))
+
+    def loss_fn(w: Any, x: Any, y: Any) -> Any:
+        return gt.reduce_mean(gt.square(gt.matmul(x - big_constant, w) - y))
+
+    results = []
+    for binary in (True, False):
+        with gt.Client(server, binary=binary) as client:
+            grad = client.gradient(shifted_loss, x, w)
+            hvp = client.hvp(shifted_loss, x, w, vectors={"x": np.ones_like(x)},
+                             sources=["x"], include=["hvp"])
+            with client.session() as s:
+                v = s.Variable(w0)
+                opt = s.Optimizer("sgd", 0.1)
+                losses = [opt.step(loss_fn, v, s.constant(x), s.constant(y)) for _ in range(2)]
+                with s.GradientTape() as tape:
+                    out = gt.matmul(s.constant(x), v)
+                tape_grad = tape.gradient(out, v, output_gradients=np.full((128, 1), 0.5,
+                                                                           np.float32))
+                opt.apply_gradients([(tape_grad, v)])
+                results.append((grad.value, grad.gradients["x"], grad.gradients["w"],
+                                hvp.hvp["x"], losses, tape_grad.numpy(), v.numpy()))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+    closed = (x - big_constant).T @ (1 - np.tanh((x - big_constant) @ w) ** 2)
+    np.testing.assert_allclose(results[0][2], closed, rtol=2e-3, atol=2e-3)
+
+
+def test_the_wire_body_is_binary_only_when_it_should_be(server: str) -> None:
+    x = np.arange(128 * 784, dtype=np.float32).reshape(128, 784)
+    small = np.array([1.0, 2.0], np.float32)
+    for binary in (True, False):
+        counted = Counted(server, binary=binary)
+        with counted.client.session() as s:
+            s.Variable(x, name="x")
+            s.Variable(small, name="small")
+            s.flush()
+        counted.client.close()
+        puts = [r for r in counted.requests if r.method == "PUT"]
+        assert len(puts) == 2
+        big_head, big_raw = _sent(puts[0])
+        small_head, small_raw = _sent(puts[1])
+        assert small_head["value"]["data"] == [1.0, 2.0] and small_raw == b""  # JSON only
+        assert "b64" not in json.dumps(small_head)
+        if binary:
+            assert puts[0].headers["Content-Type"] == "application/octet-stream"
+            assert big_raw == x.tobytes()
+            assert len(puts[0].content) - x.nbytes < 200  # the JSON header is all the rest
+            assert big_head["value"] == {"dtype": "float32", "shape": [128, 784],
+                                         "parameters": {"binary_data_size": x.nbytes}}
+            assert b"b64" not in puts[0].content[:-x.nbytes]
+        else:
+            assert "Inference-Header-Content-Length" not in puts[0].headers
+            assert big_raw == b"" and set(big_head["value"]) == {"dtype", "shape", "b64"}
+            assert base64.b64decode(big_head["value"]["b64"]) == x.tobytes()
+
+
+def test_binary_tensors_follow_the_json_in_the_order_they_appear() -> None:
+    a = np.arange(70, dtype=np.int64)
+    b = np.array([np.nan], np.float32)
+    c = np.ones((3, 30), bool)
+    body = {"z": {"first": _codec.encode(a)}, "a": [_codec.encode(b), {"deep": [_codec.encode(c)]}],
+            "small": _codec.encode(np.array([1, 2], np.int32)), "none": None}
+    content, headers = _codec.write(body)
+    n = int(headers["Inference-Header-Content-Length"])
+    assert content[n:] == a.tobytes() + b.tobytes() + c.tobytes()
+    head = json.loads(content[:n])
+    assert [head["z"]["first"]["parameters"], head["a"][0]["parameters"],
+            head["a"][1]["deep"][0]["parameters"]] == [
+        {"binary_data_size": 560}, {"binary_data_size": 4}, {"binary_data_size": 90}]
+    as_json, json_headers = _codec.write(body, binary=False)
+    assert json_headers == {"Content-Type": "application/json"}
+    assert json.loads(as_json) == _codec.as_json(body)
+    # big-endian and strided arrays are written little-endian, row-major
+    strided = np.arange(200, dtype=">f8")[::2]
+    content, headers = _codec.write([_codec.encode(strided)])
+    assert content[int(headers["Inference-Header-Content-Length"]):] == \
+        strided.astype("<f8").tobytes()
+
+
+def test_bodies_without_orjson_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"nodes": [{"id": "y", "op": "multiply", "args": ["x", 2.5]}],
+            "inputs": {"x": _codec.encode(np.linspace(0, 1, 100, dtype=np.float32)),
+                       "é": _codec.encode(np.array([np.inf]))},
+            "fetch": ["y"], "ttl": None}
+    with_orjson = (_codec.write(body), _codec.write(body, binary=False))
+    monkeypatch.setattr(_codec, "orjson", None)
+    assert (_codec.write(body), _codec.write(body, binary=False)) == with_orjson
+
+
+@pytest.mark.parametrize("orjson", [True, False])
+def test_bare_non_finite_numbers_are_refused_before_sending(
+        monkeypatch: pytest.MonkeyPatch, orjson: bool) -> None:
+    # JSON has no NaN (orjson would write null); tensors carry them as bytes instead
+    if not orjson:
+        monkeypatch.setattr(_codec, "orjson", None)
+    seen, transport = _answers()
+    client = gt.Client("http://gradtape.test", transport=transport)
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="JSON compliant"):
+            client.request("POST", "/sessions", {"ttl_seconds": value,
+                                                 "x": _codec.encode(np.ones(64))})
+    assert seen == []
+
+
+def test_a_retry_sends_the_same_bytes() -> None:
+    body = {"value": _codec.encode(np.random.default_rng(3).standard_normal((20, 20))),
+            "variable": True}
+    for binary in (True, False):
+        seen, transport = _answers(httpx.Response(503, headers={"Retry-After": "0"}, json=BUSY),
+                                   httpx.Response(429, json=BUSY),
+                                   httpx.Response(200, json={"name": "w"}))
+        client = gt.Client("http://gradtape.test", transport=transport, backoff=0.0,
+                           binary=binary)
+        assert client.request("PUT", "/sessions/s_1/tensors/w", body) == {"name": "w"}
+        assert len(seen) == 3
+        assert len({r.content for r in seen}) == 1
+        assert len({tuple(sorted(r.headers.items())) for r in seen}) == 1
+        assert ("Inference-Header-Content-Length" in seen[0].headers) == binary
+
+    async def main() -> list[httpx.Request]:
+        seen, transport = _answers(httpx.Response(503, headers={"Retry-After": "0"}, json=BUSY),
+                                   httpx.Response(200, json={"name": "w"}))
+        async with gt.AsyncClient("http://gradtape.test", transport=transport) as client:
+            assert await client.request("PUT", "/sessions/s_1/tensors/w", body) == {"name": "w"}
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) == 2 and seen[0].content == seen[1].content
+    assert seen[0].headers["Idempotency-Key"] == seen[1].headers["Idempotency-Key"]
+    assert "Inference-Header-Content-Length" in seen[0].headers
+
+
+def test_errors_of_binary_requests_are_the_clients_errors(server: str) -> None:
+    big = np.ones((10, 10), np.float32)
+    with gt.Client(server) as client:
+        with pytest.raises(gt.NotFoundError):
+            client.request("PUT", "/sessions/s_nowhere/tensors/x",
+                           {"value": _codec.encode(big)})
+        graph = echo.graph(big)
+        with pytest.raises(gt.GradtapeError) as info:  # a tensor of the wrong shape
+            client.request("POST", "/gradient", {"graph": graph, "target": "y",
+                                                 "inputs": {"x": _codec.encode(big[:5])}})
+        assert info.value.status == 422 and info.value.loc == ["body", "inputs", "x"]
+        cut = _codec.Raw(big)
+        cut.data = cut.data[:-4]  # fewer bytes than its dtype and shape take
+        with pytest.raises(gt.GradtapeError) as info:
+            client.request("POST", "/gradient", {"graph": graph, "target": "y",
+                                                 "inputs": {"x": cut}})
+        assert info.value.status == 422 and info.value.loc == [
+            "body", "inputs", "x", "parameters", "binary_data_size"]
+        with client.session() as s:
+            x = s.constant(big)
+            with pytest.raises(gt.GradtapeError) as info:
+                float(gt.matmul(x, np.ones((3, 3), np.float32)))
+            assert info.value.status == 422
+
+
+def test_async_client_sends_bytes(server: str) -> None:
+    requests: list[httpx.Request] = []
+
+    async def seen(request: httpx.Request) -> None:
+        requests.append(request)
+
+    async def main(binary: bool) -> Any:
+        async with gt.AsyncClient(server, binary=binary,
+                                  event_hooks={"request": [seen]}) as client:
+            return await client.evaluate(echo, ARRAYS[0])
+
+    for binary in (True, False):
+        requests.clear()
+        got = asyncio.run(main(binary))
+        np.testing.assert_array_equal(got["y"], ARRAYS[0])
+        query = [r for r in requests if r.url.path.endswith("/evaluate")]
+        assert query and ("Inference-Header-Content-Length" in query[-1].headers) == binary
 
 
 # ----- gt.function and the stateless routes -----

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from gradtape import _codec
 from gradtape import function as _fn
 from gradtape._flow import Call, Flow
 from gradtape.errors import GradtapeError, TransportError, from_problem
@@ -43,13 +44,14 @@ class _Settings:
     """What both clients share: where the server is, the key, the retry policy."""
 
     def __init__(self, url: str | None, api_key: str | None, timeout: float,
-                 max_retries: int, backoff: float, max_backoff: float):
+                 max_retries: int, backoff: float, max_backoff: float, binary: bool):
         self.url = (url or os.environ.get("GRADTAPE_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("GRADTAPE_API_KEY")
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.binary = binary
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -57,10 +59,19 @@ class _Settings:
             headers["X-API-Key"] = self.api_key
         return headers
 
-    def request_headers(self, call: Call) -> dict[str, str]:
-        # one key per logical request, kept across its retries: a retry is answered, not
-        # applied twice
-        return {"Idempotency-Key": uuid.uuid4().hex} if call.method in MUTATING else {}
+    def prepare(self, call: Call) -> tuple[bytes | None, dict[str, str]]:
+        """The body and headers of `call`, written once and sent as they are by each retry:
+        the server checks that a retry with the same Idempotency-Key has the same bytes."""
+        headers: dict[str, str] = {}
+        content = None
+        if call.body is not None:
+            content, form = _codec.write(call.body, self.binary)
+            headers.update(form)
+        if call.method in MUTATING:
+            # one key per logical request, kept across its retries: a retry is answered, not
+            # applied twice
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+        return content, headers
 
     def retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to give up: 429 and 503 are retried,
@@ -103,14 +114,20 @@ class Client:
     >>> with client.session() as s:
     ...     x = s.constant(3.0)
 
-    `transport` and `event_hooks` go to the underlying `httpx.Client` (tests, counting).
+    Arrays of 64 elements or more, and any with a NaN or an infinity, are sent as their raw
+    bytes after the JSON of the request (the Open Inference Protocol's binary tensor
+    extension); `binary=False` sends them as base64 inside the JSON instead, for a proxy that
+    does not pass such bodies through unchanged. `transport` and `event_hooks` go to the
+    underlying `httpx.Client` (tests, counting).
     """
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.25,
-                 max_backoff: float = 8.0, transport: httpx.BaseTransport | None = None,
+                 max_backoff: float = 8.0, binary: bool = True,
+                 transport: httpx.BaseTransport | None = None,
                  event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None):
-        self._settings = _Settings(url, api_key, timeout, max_retries, backoff, max_backoff)
+        self._settings = _Settings(url, api_key, timeout, max_retries, backoff, max_backoff,
+                                   binary)
         self._http = httpx.Client(base_url=f"{self.url}/v1", timeout=timeout,
                                   headers=self._settings.headers(), transport=transport,
                                   event_hooks=dict(event_hooks or {}))
@@ -126,12 +143,11 @@ class Client:
                 params: Mapping[str, str] | None = None) -> Any:
         """One request to `route` (a path under /v1): its decoded JSON answer, retried on
         429 and 503; an error answer is raised as a `GradtapeError`."""
-        call = Call(method, route, body, params)
-        headers = self._settings.request_headers(call)
+        content, headers = self._settings.prepare(Call(method, route, body, params))
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, route, json=body, params=params,
+                response = self._http.request(method, route, content=content, params=params,
                                               headers=headers)
             except httpx.TransportError as exc:
                 raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
@@ -242,7 +258,7 @@ class Client:
 
 
 class AsyncClient:
-    """The asynchronous client: the same requests as `Client`, awaited.
+    """The asynchronous client: the same requests and options as `Client`, awaited.
 
     >>> async with gt.AsyncClient() as client:
     ...     result = await client.gradient(f, x)
@@ -250,9 +266,11 @@ class AsyncClient:
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
                  timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.25,
-                 max_backoff: float = 8.0, transport: httpx.AsyncBaseTransport | None = None,
+                 max_backoff: float = 8.0, binary: bool = True,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None):
-        self._settings = _Settings(url, api_key, timeout, max_retries, backoff, max_backoff)
+        self._settings = _Settings(url, api_key, timeout, max_retries, backoff, max_backoff,
+                                   binary)
         self._http = httpx.AsyncClient(base_url=f"{self.url}/v1", timeout=timeout,
                                        headers=self._settings.headers(), transport=transport,
                                        event_hooks=dict(event_hooks or {}))
@@ -264,13 +282,12 @@ class AsyncClient:
     async def request(self, method: str, route: str, body: Any = None,
                       params: Mapping[str, str] | None = None) -> Any:
         """As `Client.request`, awaited."""
-        call = Call(method, route, body, params)
-        headers = self._settings.request_headers(call)
+        content, headers = self._settings.prepare(Call(method, route, body, params))
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, route, json=body, params=params,
-                                                    headers=headers)
+                response = await self._http.request(method, route, content=content,
+                                                    params=params, headers=headers)
             except httpx.TransportError as exc:
                 raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
             delay = self._settings.retry_delay(response, attempt)

@@ -143,7 +143,9 @@ class Function:
             else:  # an input, or one value returned twice: a node of its own
                 trace.nodes.append({"id": out, "op": "identity",
                                     "args": [rename.get(name, name)]})
-        nodes = [_renamed(node, rename) for node in trace.nodes]
+        # a graph is JSON alone: it is registered once, kept and hashed by the server, and
+        # its nodes go into steps, which take binary tensors as inputs, not in nodes
+        nodes = [_codec.as_json(_renamed(node, rename)) for node in trace.nodes]
         outputs = [out for out, _ in named]
         graph = {"inputs": {name: {"dtype": a.dtype.name, "shape": list(a.shape)}
                             for name, a in inputs.items()},

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 class _Run:
     """One `POST .../run`: constants bound, then names watched, then the nodes run."""
 
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Any] | _codec.Raw] = field(default_factory=dict)
     watch: dict[Tape, list[str]] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)
 
