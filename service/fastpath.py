@@ -106,24 +106,24 @@ class FastPath:
             return
         if body is None:  # the client went away before its body was in
             return
-        replay = _replay(body, receive)
         req = None
         if lean.model is not None:
             try:
                 req = lean.model.model_validate(bodies.parse(scope, body))
             except (orjson.JSONDecodeError, ValidationError):
-                await fallback(scope, replay, send)  # FastAPI words the 400 or 422
+                # FastAPI words the 400 or 422
+                await fallback(scope, _replay(body, receive), send)
                 return
             except Exception as exc:  # a binary part that does not match its header
-                await (await errors.answer(Request(scope, replay), exc))(scope, replay, send)
+                await (await errors.answer(Request(scope), exc))(scope, receive, send)
                 return
         try:
             if lean.idempotent:
                 await idempotency_key(Request(scope, _replay(body, receive)))
             response = await lean.answer(self.services, params, req, len(body))
         except Exception as exc:
-            response = await errors.answer(Request(scope, replay), exc)
-        await response(scope, replay, send)
+            response = await errors.answer(Request(scope), exc)
+        await response(scope, receive, send)  # an answer reads no more of the request
 
 
 def _json(scope: Scope) -> bool:

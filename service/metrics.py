@@ -22,6 +22,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._requests: dict[tuple[str, str, str], int] = {}
         self._latency: dict[tuple[str, str], list[float]] = {}  # bucket counts, then the sum
+        # (method, route, status) -> its key in _requests and its route's _latency counts
+        self._observed: dict[tuple[str, str, int], Any] = {}
         self.registry.register(_RequestCollector(self))  # type: ignore[arg-type]
         self.compile_time = Histogram(
             "gradtape_compile_seconds", "XLA compile time of one query",
@@ -38,11 +40,14 @@ class Metrics:
         and histogram take locks and walk their buckets on every request, which is a
         measurable share of a request that takes a hundred microseconds. Called on the event
         loop only."""
-        key = (method, route, str(status))
-        self._requests[key] = self._requests.get(key, 0) + 1
-        counts = self._latency.get(key[:2])
-        if counts is None:
-            counts = self._latency[key[:2]] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        found = self._observed.get((method, route, status))
+        if found is None:
+            key = (method, route, str(status))
+            self._requests.setdefault(key, 0)
+            counts = self._latency.setdefault(key[:2], [0.0] * (len(LATENCY_BUCKETS) + 2))
+            found = self._observed[method, route, status] = (key, counts)
+        key, counts = found
+        self._requests[key] += 1
         counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         counts[-1] += seconds
 

@@ -103,11 +103,19 @@ class Gateway:
         metrics.in_flight += 1
         failed = False
         try:
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            sized = length is not None and length.isdigit()
+            if sized and int(length) > self.max_body_bytes:  # type: ignore[arg-type]
                 await problem(413, self._too_large(), slug="too-large")(
                     scope, receive, send_with_id)
             else:
-                await self._authorized(scope, self._limited(receive), send_with_id)
+                # a body with a Content-Length has that many bytes (the HTTP parser reads no
+                # more); a chunked one is counted as it streams in
+                receive = receive if sized else self._limited(receive)
+                path: str = scope["path"]
+                if self.keys and path.startswith("/v1/") and not path.startswith("/v1/health/"):
+                    await self._authorized(scope, receive, send_with_id)
+                else:
+                    await self._route(scope, receive, send_with_id)
         except asyncio.CancelledError:
             # uvicorn cancels the requests still running when its graceful shutdown times
             # out; tell the client to send it again (elsewhere) rather than cut it off.
@@ -138,10 +146,6 @@ class Gateway:
                 request_id.reset(token)
 
     async def _authorized(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        if not self.keys or not path.startswith("/v1/") or path.startswith("/v1/health/"):
-            await self._route(scope, receive, send)
-            return
         given = b""
         for name, value in scope["headers"]:
             if name == b"x-api-key":
