@@ -412,7 +412,7 @@ class SessionRuntime:
             tape.tracked.add(tid)
 
     def reset(self, s: Session, tape: Tape) -> None:
-        tape.records.clear()
+        tape.records = []  # a new list, never cleared in place (TapeSummary)
         tape.tracked.clear()
         tape.watched_tensors.clear()
         tape.watched_variables.clear()
@@ -811,7 +811,7 @@ class SessionRuntime:
     def _use(self, s: Session, tape: Tape) -> None:
         tape.used = True
         if not tape.persistent:  # as TensorFlow, a used non-persistent tape lets go
-            tape.records.clear()
+            tape.records = []
             self._collect(s)
 
     def _zeros(self, s: Session, query: _TapeQuery, label: str, prefix: tuple[int, ...],
@@ -884,8 +884,7 @@ class SessionRuntime:
             for leaves in opt.state.values():
                 keep.update(leaves)
         for tape in s.tapes.values():
-            for rec in tape.records:
-                keep.update(a for a in rec.args if isinstance(a, int))
+            keep |= tape.summary().reads
         for tid in [t for t in s.values if t not in keep]:
             del s.values[tid]
         for tid in [t for t in s.version_of if t not in keep]:

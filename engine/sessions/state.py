@@ -4,12 +4,14 @@ objects, so that a session can be serialized and served by any replica."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
 TensorId = int
 Handle = int
+_nbytes = attrgetter("nbytes")
 
 # What a session holds beside tensor data, in bytes, measured with tracemalloc on CPython 3.11
 # (tests/test_limits.py checks the accounting against a measurement): a NumPy array object and
@@ -77,6 +79,19 @@ class Variable:
 
 
 @dataclass
+class TapeSummary:
+    """The bytes and the tensors read of a tape's first `count` records, brought up to date
+    as the tape grows: a tape's records are only appended to, or replaced by a new list
+    (reset, a used tape letting go), so a session's bookkeeping after each request costs
+    what that request recorded, not the tape's whole length."""
+
+    records: list[Record]  # the list summed (another list: summed again from the start)
+    count: int = 0
+    nbytes: int = 0
+    reads: set[TensorId] = field(default_factory=set)
+
+
+@dataclass
 class Tape:
     tape_id: str
     persistent: bool
@@ -88,6 +103,18 @@ class Tape:
     tracked: set[TensorId] = field(default_factory=set)  # watched, or made by recorded ops
     watched_tensors: set[TensorId] = field(default_factory=set)
     watched_variables: set[Handle] = field(default_factory=set)
+    summary_: TapeSummary | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> TapeSummary:
+        found = self.summary_
+        if found is None or found.records is not self.records or \
+                found.count > len(self.records):
+            found = self.summary_ = TapeSummary(self.records)
+        for rec in self.records[found.count:]:
+            found.nbytes += record_bytes(rec)
+            found.reads.update(a for a in rec.args if isinstance(a, int))
+        found.count = len(self.records)
+        return found
 
     @property
     def recording(self) -> bool:
@@ -192,13 +219,13 @@ class Session:
     def footprint(self) -> int:
         """Everything the session holds, in bytes: tensor data and the objects around it,
         names, variables and their versions, tapes and their records."""
-        size = sum(v.nbytes + TENSOR_OVERHEAD for v in self.values.values())
-        size += sum(NAME_OVERHEAD + len(n) for n in self.names)
+        size = sum(map(_nbytes, self.values.values())) + TENSOR_OVERHEAD * len(self.values)
+        size += sum(map(len, self.names)) + NAME_OVERHEAD * len(self.names)
         size += VARIABLE_OVERHEAD * len(self.variables) + ARG_OVERHEAD * len(self.version_of)
         for tape in self.tapes.values():
             size += RECORD_OVERHEAD + ARG_OVERHEAD * (
                 len(tape.tracked) + len(tape.watched_tensors) + len(tape.watched_variables))
-            size += sum(record_bytes(rec) for rec in tape.records)
+            size += tape.summary().nbytes
         size += sum(NAME_OVERHEAD + len(k) + len(v[2]) for k, v in self.applied.items())
         size += sum(RECORD_OVERHEAD + ARG_OVERHEAD * sum(map(len, o.state.values()))
                     for o in self.optimizers.values())
