@@ -63,6 +63,51 @@ GradtapeOptimizer <- R6::R6Class("gradtape_optimizer",
       self$.updated(variables, answer)
     },
 
+    # A whole training step in one request (POST .../step): loss_fn(...) computes the
+    # scalar loss from the session's tensors and variables; its ops are sent, not run,
+    # and the forward pass, its gradient and this optimizer's update run on the server as
+    # one compiled function. Constants only R holds (a new batch each step) go with the
+    # step and stay bound. `times` runs that many steps on the same tensors. Returns the
+    # loss before the update (a vector of `times` losses).
+    step = function(loss_fn, ..., times = 1L) {
+      if (!is.function(loss_fn)) stop("step takes the loss function first", call. = FALSE)
+      if (!is.numeric(times) || length(times) != 1L || is.na(times) || times != round(times) ||
+          times < 1 || times > 10000) {
+        stop("times must be a whole number of steps between 1 and 10000", call. = FALSE)
+      }
+      session <- self$session
+      captured <- session$.capture(function() loss_fn(...))
+      loss <- captured$result
+      queue <- captured$queue
+      made <- vapply(queue$handles, function(h) identical(h, loss), TRUE)
+      fail <- function(message) {
+        forget_queue(queue)
+        stop(message, call. = FALSE)
+      }
+      if (!inherits(loss, "gradtape_tensor") || !identical(loss$session, session)) {
+        fail("loss_fn must return a tensor of this optimizer's session: the scalar loss")
+      }
+      if (!any(made)) {
+        fail("loss_fn must compute the loss it returns from tensors and variables (with ops)")
+      }
+      if (any(vapply(queue$handles, function(h) inherits(h, "gradtape_variable"), TRUE))) {
+        fail("a step's loss function cannot assign to variables: the optimizer updates them")
+      }
+      body <- list(nodes = queue$nodes, target = loss$name, optimizer = self$name,
+                   fetch = I(loss$name), `repeat` = as.integer(times), encoding = "base64")
+      if (length(queue$inputs) > 0L) body$inputs <- queue$inputs
+      done <- FALSE
+      on.exit(if (!done) forget_queue(queue))
+      answer <- session$.request("POST", paste0(session$.path(), "/step"), body)
+      done <- TRUE
+      for (tensor in queue$uploads) tensor$.state <- "server"
+      for (tensor in queue$handles) tensor$.state <- "step"
+      session$.variables_changed()
+      self$iterations <- as.integer(answer$step)
+      if (times > 1) as.numeric(unlist(answer$losses)) else
+        as.numeric(decode_tensor(answer$values[[loss$name]]))
+    },
+
     print = function(...) {
       cat(sprintf("<gradtape optimizer %s: %s, learning rate %s, %d updates>\n", self$name,
                   self$method, format(self$learning_rate), self$iterations))

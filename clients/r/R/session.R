@@ -132,8 +132,39 @@ GradtapeSession <- R6::R6Class("gradtape_session",
       } else if (x$.state == "failed") {
         stop(sprintf("tensor '%s' was never computed: the request that ran its op failed", x$name),
              call. = FALSE)
+      } else if (x$.state == "step") {
+        stop(sprintf("tensor '%s' was made by a step's loss function: a step keeps none of %s",
+                     x$name, "its results but the loss it returns"), call. = FALSE)
       }
       x$name
+    },
+
+    # The ops f() queues, captured instead of run (a training step's forward pass):
+    # list(result = what f returned, queue = its nodes, the constants they read and the
+    # handles they made). What was queued before is sent first.
+    .capture = function(f) {
+      self$.sync()
+      private$queue <- new_queue()
+      private$capturing <- TRUE
+      done <- FALSE
+      on.exit({
+        private$capturing <- FALSE
+        if (!done) {
+          forget_queue(private$queue)
+          private$queue <- new_queue()
+        }
+      })
+      result <- f()
+      captured <- private$queue
+      private$queue <- new_queue()
+      done <- TRUE
+      list(result = result, queue = captured)
+    },
+
+    # Variables changed on the server (by a step): their values are fetched again when read.
+    .variables_changed = function() {
+      for (variable in as.list(private$variables)) variable$.value <- NULL
+      invisible(NULL)
     },
 
     .queue_node = function(op, args, attrs, results = 1L) {
@@ -145,7 +176,7 @@ GradtapeSession <- R6::R6Class("gradtape_session",
       handles <- lapply(ids, function(id) GradtapeTensor$new(self, id, "pending"))
       queue$nodes[[length(queue$nodes) + 1L]] <- node
       queue$handles <- c(queue$handles, handles)
-      if (!private$lazy) self$.flush()
+      if (!private$lazy && !private$capturing) self$.flush()
       if (results == 1L) handles[[1L]] else handles
     },
 
@@ -157,7 +188,7 @@ GradtapeSession <- R6::R6Class("gradtape_session",
       variable$.value <- NULL
       variable$.state <- "pending"
       queue$handles[[length(queue$handles) + 1L]] <- variable
-      if (!private$lazy) self$.flush()
+      if (!private$lazy && !private$capturing) self$.flush()
       invisible(variable)
     },
 
@@ -181,6 +212,11 @@ GradtapeSession <- R6::R6Class("gradtape_session",
 
     # POST .../run with the queue. `fetch`: a name whose value is wanted.
     .flush = function(fetch = NULL) {
+      if (private$capturing) {
+        stop("a step's loss function is sent to the server whole: it cannot read values, ",
+             "watch tensors or use tapes; compute the loss from tensors and variables only",
+             call. = FALSE)
+      }
       queue <- private$queue
       private$queue <- new_queue()
       chunks <- split(seq_along(queue$nodes), (seq_along(queue$nodes) - 1L) %/% MAX_RUN_NODES)
@@ -222,7 +258,7 @@ GradtapeSession <- R6::R6Class("gradtape_session",
     # The value of a tensor of this session, as an R array.
     .value_of = function(tensor) {
       if (!is.null(tensor$.value)) return(tensor$.value)
-      if (tensor$.state == "failed") self$.ref(tensor)
+      if (tensor$.state %in% c("failed", "step")) self$.ref(tensor)
       queue <- private$queue
       pending <- length(queue$nodes) + length(queue$inputs) + length(queue$watch) > 0L
       answer <- if (pending) {
@@ -238,7 +274,7 @@ GradtapeSession <- R6::R6Class("gradtape_session",
 
     # dtype and shape of a tensor whose op was queued.
     .describe = function(tensor) {
-      if (tensor$.state == "failed") self$.ref(tensor)
+      if (tensor$.state %in% c("failed", "step")) self$.ref(tensor)
       self$.sync()
       if (is.null(tensor$.dtype)) {
         answer <- self$.request("GET", paste0(self$.path(), "/tensors/", tensor$name, "?encoding=none"))
@@ -278,6 +314,7 @@ GradtapeSession <- R6::R6Class("gradtape_session",
   private = list(
     api_key = "",
     lazy = TRUE,
+    capturing = FALSE,
     counter = 0,
     queue = NULL,
     tapes = NULL,
