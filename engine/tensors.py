@@ -788,6 +788,8 @@ def encode(array: Any, *, encoding: str = "json") -> dict[str, Any]:
 
 
 def _to_data(array: np.ndarray) -> Any:
+    if array.ndim == 0 and array.dtype.kind == "f" and math.isfinite(array):
+        return array[()]  # a scalar (a query's value, most often): no NumPy reductions
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         obj = array.astype(object)
         obj[np.isnan(array)] = "NaN"
