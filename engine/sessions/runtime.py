@@ -733,7 +733,7 @@ class SessionRuntime:
                                "respect to", loc=("sources",))
         specs: dict[str, SourceSpec] = {}
         tracked: dict[str, bool] = {}
-        arg_tids = {a for rec in tape.records for a in rec.args if isinstance(a, int)}
+        arg_tids = tape.summary().reads  # every tensor its records read
         for i, label in enumerate(sources):
             if label in specs:
                 raise InvalidGraph(f"source {label!r} is listed twice", loc=("sources", i))
