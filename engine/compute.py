@@ -129,7 +129,7 @@ def _avals_key(values: Any) -> tuple[Any, ...]:
 
 @lru_cache(maxsize=4096)
 def _aval(shape: tuple[int, ...], dtype: np.dtype) -> Aval:
-    """One Aval a shape and dtype (building one costs microseconds; they are not changed)."""
+    """One Aval per shape and dtype (building one costs microseconds; none is ever changed)."""
     return Aval(shape, dtype)
 
 

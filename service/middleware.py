@@ -103,14 +103,14 @@ class Gateway:
         metrics.in_flight += 1
         failed = False
         try:
-            sized = length is not None and length.isdigit()
-            if sized and int(length) > self.max_body_bytes:  # type: ignore[arg-type]
+            size = int(length) if length is not None and length.isdigit() else None
+            if size is not None and size > self.max_body_bytes:
                 await problem(413, self._too_large(), slug="too-large")(
                     scope, receive, send_with_id)
             else:
                 # a body with a Content-Length has that many bytes (the HTTP parser reads no
                 # more); a chunked one is counted as it streams in
-                receive = receive if sized else self._limited(receive)
+                receive = receive if size is not None else self._limited(receive)
                 path: str = scope["path"]
                 if self.keys and path.startswith("/v1/") and not path.startswith("/v1/health/"):
                     await self._authorized(scope, receive, send_with_id)
