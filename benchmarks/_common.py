@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -221,6 +224,27 @@ class Server:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def binary_body(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A request body and its headers: `body` with each NumPy array as a binary tensor
+    reference (the Open Inference Protocol's binary extension, service/bodies.py), its bytes
+    after the JSON header in the order the references appear (orjson keeps dicts' order)."""
+    blobs: list[bytes] = []
+
+    def refs(node: Any) -> Any:
+        if isinstance(node, np.ndarray):
+            data = np.ascontiguousarray(node, node.dtype.newbyteorder("<")).tobytes()
+            blobs.append(data)
+            return {"dtype": node.dtype.name, "shape": list(node.shape),
+                    "parameters": {"binary_data_size": len(data)}}
+        if isinstance(node, dict):
+            return {k: refs(v) for k, v in node.items()}
+        return node
+
+    header = orjson.dumps(refs(body))
+    return header + b"".join(blobs), {"content-type": "application/octet-stream",
+                                      "inference-header-content-length": str(len(header))}
 
 
 class KeepAlive:

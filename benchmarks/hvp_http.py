@@ -43,31 +43,20 @@ import jax
 import numpy as np
 import orjson
 import pybase64
-from _common import KeepAlive, environment, gradtape_server, median, ms, table, write_result
+from _common import (
+    KeepAlive,
+    binary_body,
+    environment,
+    gradtape_server,
+    median,
+    ms,
+    table,
+    write_result,
+)
 from mlp import BATCH, HIDDEN, IN, OUT, SHAPES, WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 
 BATCHES = 4  # distinct batches, one per iteration in turn (both sides get the same one)
 RTOL = 1e-4  # float32: the server's and JAX's programs may sum in different orders
-
-
-def binary_body(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """`body` with each NumPy array as a binary tensor reference, its bytes after the JSON
-    header in the order the references appear (orjson keeps the dicts' order)."""
-    blobs: list[bytes] = []
-
-    def refs(node: Any) -> Any:
-        if isinstance(node, np.ndarray):
-            data = np.ascontiguousarray(node, node.dtype.newbyteorder("<")).tobytes()
-            blobs.append(data)
-            return {"dtype": node.dtype.name, "shape": list(node.shape),
-                    "parameters": {"binary_data_size": len(data)}}
-        if isinstance(node, dict):
-            return {k: refs(v) for k, v in node.items()}
-        return node
-
-    header = orjson.dumps(refs(body))
-    return header + b"".join(blobs), {"content-type": "application/octet-stream",
-                                      "inference-header-content-length": str(len(header))}
 
 
 def arrays(answer: Any) -> Any:

@@ -48,7 +48,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import KeepAlive, gradtape_server, median, table
+from _common import KeepAlive, binary_body, gradtape_server, median, table
 from mlp import WEIGHTS, batch, init_weights, jax_loss, mlp_graph
 from session_training import b64, from_b64
 
@@ -113,12 +113,6 @@ def client_steps(url: str, weights: dict[str, np.ndarray], batches: list[Any],
                 rows["jit step, batch from NumPy (client row)"].append(local)
         return max(float(np.max(np.abs(v.numpy() - np.asarray(params[k]))))
                    for k, v in zip(WEIGHTS, variables, strict=True))
-
-
-def _ref(a: np.ndarray) -> dict[str, Any]:
-    """A binary tensor reference: its bytes follow the JSON header."""
-    return {"dtype": a.dtype.name, "shape": list(a.shape),
-            "parameters": {"binary_data_size": a.nbytes}}
 
 
 def timed(fn: Any) -> float:
@@ -187,11 +181,8 @@ def main() -> int:
                                                "optimizer": "sgd", **body}), JSON, client)
 
         def binary_step(X: np.ndarray, Y: np.ndarray) -> None:
-            header = orjson.dumps({"nodes": nodes, "target": "loss", "optimizer": "sgd",
-                                   "inputs": {"X": _ref(X), "Y": _ref(Y)}})
-            post(f"{base}/step", header + X.tobytes() + Y.tobytes(), {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": str(len(header))})
+            post(f"{base}/step", *binary_body({"nodes": nodes, "target": "loss",
+                                               "optimizer": "sgd", "inputs": {"X": X, "Y": Y}}))
 
         for X, Y in batches[:2]:  # warm-up: compile both sides
             step_request({"inputs": {"X": b64(X), "Y": b64(Y)}})

@@ -15,6 +15,7 @@ from engine.cache import CompileCache
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                    10, 30)
+_BOUNDS = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]  # the `le` labels
 
 
 class Metrics:
@@ -72,8 +73,7 @@ class _RequestCollector:
                                         labels=["method", "route"])
         for route, counts in list(self.metrics._latency.items()):
             cumulative = list(itertools.accumulate(counts[:-1]))
-            bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
-            latency.add_metric(route, list(zip(bounds, cumulative, strict=True)),
+            latency.add_metric(route, list(zip(_BOUNDS, cumulative, strict=True)),
                                sum_value=counts[-1])
         yield latency
 

@@ -137,9 +137,9 @@ def _digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
     part) counts by its dtype, shape and bytes."""
     def array(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
-            data = np.ascontiguousarray(obj).tobytes()
+            data = np.ascontiguousarray(obj)  # hashed where it lies, not copied
             return [obj.dtype.str, list(obj.shape),
-                    hashlib.blake2b(data, digest_size=16).hexdigest()]
+                    hashlib.blake2b(data.data, digest_size=16).hexdigest()]
         raise TypeError(f"{type(obj).__name__} in a step's nodes")
 
     return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
