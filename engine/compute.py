@@ -90,6 +90,28 @@ class Bound:
                 _avals_key(self.inputs), self.batch)
 
 
+@dataclass(frozen=True)
+class Apply:
+    """An optimiser's update that a gradient query runs in its compiled call: optax's
+    `method` with its learning rate and options, of the variables whose gradients are those
+    of `sources` (program names among the query's live sources), from their current `values`
+    and optimiser state `leaves` (one tuple per variable). `gradients`: answer the gradients
+    too (otherwise they are only used for the update)."""
+
+    method: str
+    learning_rate: float
+    options: tuple[tuple[str, Any], ...]
+    sources: tuple[str, ...]
+    values: tuple[Any, ...]
+    leaves: tuple[tuple[Any, ...], ...]
+    gradients: bool = False
+
+    @property
+    def spec(self) -> tuple[Any, ...]:
+        """What the compiled function depends on (the query's `apply`)."""
+        return (self.method, self.learning_rate, self.options, self.sources, self.gradients)
+
+
 class Key(tuple[Any, ...]):
     """A compile-cache key whose hash is computed once: a query's key is looked up several
     times a request (its cost, whether it is compiled, its function), and its hash would
@@ -256,12 +278,16 @@ class Engine:
     def gradient(self, bound: Bound, target: str | Sequence[str],
                  sources: Sequence[str] | None = None, output_gradients: Any = None,
                  unconnected: str = "none", stored: Mapping[str, Any] | None = None,
-                 host: bool = True) -> dict[str, Any]:
+                 host: bool = True, apply: Apply | None = None) -> dict[str, Any]:
         """`stored`: values of intermediates computed before (a session's run kept them);
         with them only the backward pass runs. `host=False`: the results stay the compiled
-        call's arrays (for a next call on the server, such as an optimiser's update)."""
+        call's arrays (for a next call on the server, such as an optimiser's update).
+        `apply`: an optimiser's update of the variables behind some of the sources, in the
+        same compiled call; the answer's "updated" holds their new values and state."""
+        if apply is not None and (bound.batch or bound.check_numerics):
+            raise ValueError("apply is for unbatched queries without a numerics check")
         plan_key = None
-        if not stored:
+        if not stored and apply is None:
             plan_key = _plan_key("gradient", bound, target, sources, output_gradients is not None)
         plan = self._plans.get(plan_key) if plan_key is not None else None
         if plan is None:
@@ -270,7 +296,8 @@ class Engine:
             live = self._live_sources(bound, targets, names)
             query = self._query(bound, "gradient", targets, live,
                                 with_cotangents=output_gradients is not None,
-                                stored=tuple(sorted(stored or ())))
+                                stored=tuple(sorted(stored or ())),
+                                apply=() if apply is None else apply.spec)
         else:
             targets, names, live, query = plan.targets, plan.names, plan.live, plan.query
         cotangents = None
@@ -282,15 +309,27 @@ class Engine:
                                            **{n: stored[n] for n in sorted(stored)}})
         key = plan.key if plan is not None else self._key(bound, query, source_values,
                                                           cotangents)
-        values, grads = self._run(bound, query, source_values, cotangents, host=host, key=key)
+        if apply is not None:
+            key = Key((*key, _avals_key(apply.values),
+                       tuple(_avals_key(ls) for ls in apply.leaves)))
+            values, grads, *updated = self._run(
+                bound, query, source_values, (cotangents, apply.values, apply.leaves),
+                host=host, key=key)
+            live = live if apply.gradients else ()
+        else:
+            values, grads = self._run(bound, query, source_values, cotangents, host=host,
+                                      key=key)
         if plan is None and plan_key is not None:
             self._plans.put(plan_key, Plan(targets, names, live, query, key))
         value: Any = values[0] if isinstance(target, str) else dict(zip(targets, values,
                                                                          strict=True))
         found = dict(zip(live, grads, strict=True))
-        return {"value": value,
-                "gradients": {s: found.get(s, self._missing(bound, s, (), unconnected))
-                              for s in names}}
+        answer = {"value": value,
+                  "gradients": {s: found.get(s, self._missing(bound, s, (), unconnected))
+                                for s in names}}
+        if apply is not None:
+            answer["updated"] = tuple(updated)
+        return answer
 
     def jacobian(self, bound: Bound, target: str, sources: Sequence[str] | None = None,
                  unconnected: str = "none") -> dict[str, Any]:

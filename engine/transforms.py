@@ -12,12 +12,13 @@ Hessian `jacfwd` of `grad`; neither builds more than it returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from engine import optim
 from engine.interpreter import run_eqns
 from engine.program import Eqn, Program
 
@@ -39,6 +40,9 @@ class Query:
     parts: tuple[str, ...] = ()  # the results to return, for kinds that have several; (): all
     stored: tuple[str, ...] = ()  # intermediates whose values come with the inputs
     stack: int = 0  # jvp: how many tangents are stacked on axis 0 (0: one, unstacked)
+    # gradient: an optimiser's update of some sources in the same call, as (method,
+    # learning rate, options, the sources it updates, whether the gradients are answered too)
+    apply: tuple[Any, ...] = ()
 
 
 def targets_of(program: Program, query: Query) -> Callable[..., tuple[Any, ...]]:
@@ -72,6 +76,8 @@ def _evaluate(program: Program, query: Query) -> PureFn:
 
 
 def _gradient(program: Program, query: Query) -> PureFn:
+    if query.apply:
+        return _then_apply(_gradient(program, replace(query, apply=())), query)
     if query.stored:
         return _backward(program, query)
     f = targets_of(program, query)
@@ -108,6 +114,28 @@ def _backward(program: Program, query: Query) -> PureFn:
         cts = pull_back(eqns, env, literals, zip(query.targets, seeds, strict=True))
         grads = tuple(cts[s] if s in cts else jnp.zeros_like(env[s]) for s in query.sources)
         return values, grads
+
+    return fn
+
+
+def _then_apply(gradient: PureFn, query: Query) -> PureFn:
+    """The gradient, then an optimiser's update of the variables behind some of the sources,
+    in one function: `extra` is (cotangents, the variables' values, their optimiser state's
+    leaves); it returns (values, gradients or (), new values, new leaves). Each variable's
+    update is optax's, as `optim.rule` gives it, so the result is that of a separate update
+    of the same gradients."""
+    method, learning_rate, options, names, answer_gradients = query.apply
+    at = [query.sources.index(n) for n in names]
+
+    def fn(inputs: dict[str, Any], literals: tuple[Any, ...], sources: tuple[Any, ...],
+           extra: Any) -> Any:
+        cotangents, values, leaves = extra
+        out, grads = gradient(inputs, literals, sources, cotangents)
+        stepped = [optim.rule(method, learning_rate, options, tuple(v.shape),
+                              v.dtype.name)[2](v, grads[i], *ls)
+                   for i, v, ls in zip(at, values, leaves, strict=True)]
+        return (out, grads if answer_gradients else (), tuple(v for v, _ in stepped),
+                tuple(tuple(ls) for _, ls in stepped))
 
     return fn
 

@@ -113,6 +113,156 @@ def test_a_tape_gradient_applied_as_one_update(rt_s: tuple[SessionRuntime, Sessi
     assert rt.optimizer(s, "sgd").step == 3
 
 
+X0 = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], np.float32)
+M0 = np.array([[0.3, -0.2], [0.1, 0.4], [-0.5, 0.2]], np.float32)
+B0 = np.array([0.05, -0.1], np.float32)
+
+
+def _fused_forward(rt: SessionRuntime, s: Session) -> None:
+    """loss = sum(tanh(X @ (M * 2) + b)^2), M read again after an assign on the tape
+    (two versions: TensorFlow sums its gradient over both reads)."""
+    rt.run(s, [{"id": "m2", "op": "multiply", "args": ["M", 2.0]},
+               {"id": "z", "op": "matmul", "args": ["X", "m2"]},
+               {"id": "a", "op": "add", "args": ["z", "b"]},
+               {"id": "h", "op": "tanh", "args": ["a"]},
+               {"id": "sq", "op": "multiply", "args": ["h", "h"]},
+               {"id": "l1", "op": "sum", "args": ["sq"]},
+               {"id": "M", "op": "assign_add", "args": ["M", 0.125]},
+               {"id": "l2", "op": "sum", "args": ["M"]},
+               {"id": "loss", "op": "add", "args": ["l1", "l2"]}], [], 100)
+
+
+def _fused_reference(M: Any, b: Any) -> tuple[Any, Any]:
+    """d loss / d (M, b) of `_fused_forward`, by jax.grad on the same function."""
+    import jax
+
+    def f(M: Any, b: Any) -> Any:
+        h = jnp.tanh(jnp.asarray(X0) @ (M * 2) + b)
+        return jnp.sum(h * h) + jnp.sum(M + 0.125)
+
+    return jax.grad(f, argnums=(0, 1))(M, b)
+
+
+@pytest.mark.parametrize("method,options", [("sgd", {"momentum": 0.5}), ("adam", {}),
+                                            ("rmsprop", {})])
+def test_a_tape_gradient_and_its_update_run_as_one_call(
+        rt_s: tuple[SessionRuntime, Session], monkeypatch: pytest.MonkeyPatch, method: str,
+        options: dict[str, Any]) -> None:
+    """The tape's backward pass and the optimiser's update are one compiled call (the
+    separate update is never built), and the result is optax's update of jax.grad's
+    gradients, step after step: two variables, one read in two versions, the answer's
+    gradients when asked, an alias of a variable among the sources."""
+    from engine.sessions import runtime
+
+    rt, s = rt_s
+    rt.put_tensor(s, "X", X0.tolist())
+    rt.put_tensor(s, "M", M0.tolist(), variable=True)
+    rt.put_tensor(s, "b", B0.tolist(), variable=True)
+    rt.create_optimizer(s, "o", method, 0.05, options=options)
+
+    def separate(*args: Any) -> Any:
+        raise AssertionError("the update ran as a call of its own")
+
+    monkeypatch.setattr(runtime.optim, "rule_many", separate)
+    reference = getattr(optax, method)(0.05, **options)
+    params = (jnp.asarray(M0), jnp.asarray(B0))
+    state = reference.init(params)
+    for step in range(1, 4):
+        tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+        _fused_forward(rt, s)
+        fetch = step == 2
+        answer = rt.gradient(s, tape, "loss", None, apply="o", fetch_gradients=fetch)
+        grads = _fused_reference(*params)
+        assert answer["step"] == step and ("gradients" in answer) == fetch
+        if fetch:
+            for label, g in zip(("M", "b"), grads, strict=True):
+                np.testing.assert_allclose(answer["gradients"][label], g, rtol=1e-5,
+                                           atol=1e-6)
+        # the assign on the tape moved M before the update, as it does on the server
+        params = (params[0] + 0.125, params[1])
+        updates, state = reference.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(value(rt, s, "M"), params[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(value(rt, s, "b"), params[1], rtol=1e-5, atol=1e-6)
+    # the optimiser's state is the one optax keeps (momentum or moments), leaf for leaf
+    held = [leaf for h in (s.names["M"].variable, s.names["b"].variable)
+            for leaf in (np.asarray(s.values[t]) for t in rt.optimizer(s, "o").state[h])
+            if leaf.ndim > 0]  # the step counts are kept per variable, optax keeps one
+    expected = [np.asarray(x) for x in jax_leaves(state) if np.ndim(x) > 0]
+    assert len(held) == len(expected) > 0
+    ordered = sorted(expected, key=lambda a: (a.shape, a.tobytes()))
+    for got, want in zip(sorted(held, key=lambda a: (a.shape, a.tobytes())), ordered,
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # an alias of M among the sources: one update of M, not two
+    s.names["M2"] = s.names["M"]
+    before = value(rt, s, "M")
+    tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+    rt.run(s, [{"id": "t", "op": "sum", "args": ["M"]}], [], 100)
+    answer = rt.gradient(s, tape, "t", ["M", "M2"], apply="o", fetch_gradients=True)
+    np.testing.assert_allclose(answer["gradients"]["M"], answer["gradients"]["M2"])
+    assert answer["step"] == 4 and not np.allclose(value(rt, s, "M"), before)
+
+
+def jax_leaves(tree: Any) -> list[Any]:
+    import jax
+
+    return list(jax.tree_util.tree_leaves(tree))
+
+
+def test_a_fused_update_matches_the_separate_one(rt_s: tuple[SessionRuntime, Session],
+                                                 ) -> None:
+    """Two sessions, the same steps: one applies the tape's gradient in the gradient request
+    (one call), the other fetches it from a persistent tape and applies it with
+    apply_gradients (two calls). Same variables and state at every step; output_gradients
+    and a disconnected variable (left as it is) included."""
+    rt, fused = rt_s
+    other = asyncio.run(InMemorySessionStore().create())
+    for s in (fused, other):
+        rt.put_tensor(s, "X", X0.tolist())
+        rt.put_tensor(s, "M", M0.tolist(), variable=True)
+        rt.put_tensor(s, "b", B0.tolist(), variable=True)
+        rt.put_tensor(s, "idle", [1.0, 2.0], variable=True)
+        rt.create_optimizer(s, "o", "sgd", 0.1, options={"momentum": 0.9})
+    cot = [[1.0, -0.5], [0.25, 2.0]]
+    for step in range(1, 4):
+        tape = rt.open_tape(fused, persistent=False, watch_accessed_variables=True)
+        rt.run(fused, [{"id": "z", "op": "matmul", "args": ["X", "M"]},
+                       {"id": "y", "op": "add", "args": ["z", "b"]}], [], 100)
+        answer = rt.gradient(fused, tape, "y", None, output_gradients=cot, apply="o")
+        assert answer == {"step": step}
+        tape = rt.open_tape(other, persistent=True, watch_accessed_variables=True)
+        rt.run(other, [{"id": "z", "op": "matmul", "args": ["X", "M"]},
+                       {"id": "y", "op": "add", "args": ["z", "b"]}], [], 100)
+        grads = rt.gradient(other, tape, "y", ["M", "b"], output_gradients=cot)["gradients"]
+        rt.apply_gradients(other, "o", {k: np.asarray(g).tolist() for k, g in grads.items()})
+        for name in ("M", "b", "idle"):
+            np.testing.assert_allclose(value(rt, fused, name), value(rt, other, name),
+                                       rtol=1e-6, atol=1e-7)
+    assert np.array_equal(value(rt, fused, "idle"), [1.0, 2.0])
+
+
+def test_unconnected_zero_applies_zeros_to_a_disconnected_variable(
+        rt_s: tuple[SessionRuntime, Session]) -> None:
+    """`unconnected_gradients: zero` with a variable the tape does not reach: its zero
+    gradient is applied too (Adam moves it by its momentum), as apply_gradients would."""
+    rt, s = rt_s
+    rt.put_tensor(s, "w", [1.0, 2.0], variable=True)
+    rt.put_tensor(s, "idle", [3.0], variable=True)
+    rt.create_optimizer(s, "o", "sgd", 0.5, options={"momentum": 0.9})
+    for step in (1, 2):
+        tape = rt.open_tape(s, persistent=False, watch_accessed_variables=True)
+        rt.run(s, [{"id": "t", "op": "sum", "args": ["w"]}], [], 100)
+        answer = rt.gradient(s, tape, "t", ["w", "idle"], unconnected="zero", apply="o",
+                             fetch_gradients=True)
+        assert answer["step"] == step
+        np.testing.assert_array_equal(answer["gradients"]["idle"], [0.0])
+    # sgd with momentum: w moved by -0.5 then -0.5 * 1.9; idle, with zero gradients, did not
+    np.testing.assert_allclose(value(rt, s, "w"), [1.0 - 0.5 - 0.95, 2.0 - 0.5 - 0.95],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(value(rt, s, "idle"), [3.0])
+
+
 def test_bad_input(rt_s: tuple[SessionRuntime, Session]) -> None:
     rt, s = rt_s
     rt.put_tensor(s, "w", W0.tolist(), variable=True)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 
 from engine import optim
 from engine.cache import Lru
-from engine.compute import Bound, Engine, Limits, Offload, inline_limit
+from engine.compute import Apply, Bound, Engine, Limits, Offload, inline_limit
 from engine.dtypes import is_float
 from engine.errors import Conflict, InvalidGraph, NotFound, TooLarge, clip
 from engine.graph import Functions, decode_literal, node_label, resolve_node
@@ -358,15 +359,28 @@ class SessionRuntime:
                ) -> dict[str, Any]:
         """One compiled update of the variables in `updates` (checked gradients, NumPy or
         device arrays) and their optimiser state."""
-        self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
-                                sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
-                                for h in updates))
         handles = list(updates)
-        values = tuple(s.array(s.variables[h].current) for h in handles)
+        values, leaves = self._update_inputs(s, opt, handles)
         update = optim.rule_many(opt.method, float(opt.learning_rate), opt.options,
                                  tuple((tuple(v.shape), v.dtype.name) for v in values))
-        new_values, new_leaves = update(values, tuple(updates[h] for h in handles), tuple(
-            tuple(s.array(t) for t in opt.state[h]) for h in handles))  # one compiled call
+        new_values, new_leaves = update(values, tuple(updates[h] for h in handles),
+                                        leaves)  # one compiled call
+        return self._updated(s, opt, handles, new_values, new_leaves)
+
+    def _update_inputs(self, s: Session, opt: Optimizer, handles: Sequence[Handle]
+                       ) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
+        """The values and optimiser state an update of `handles` reads, once the session's
+        byte budget has room for their new versions."""
+        self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
+                                sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
+                                for h in handles))
+        return (tuple(s.array(s.variables[h].current) for h in handles),
+                tuple(tuple(s.array(t) for t in opt.state[h]) for h in handles))
+
+    def _updated(self, s: Session, opt: Optimizer, handles: Sequence[Handle],
+                 new_values: Sequence[Any], new_leaves: Sequence[Sequence[Any]]
+                 ) -> dict[str, Any]:
+        """Keep an update's results as the variables' new versions and state."""
         for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
             var.current = self._keep(s, value)
@@ -461,6 +475,11 @@ class SessionRuntime:
         if isinstance(target, str):
             if isinstance(output_gradients, dict) and set(output_gradients) == {target}:
                 output_gradients = output_gradients[target]  # {target: tensor}
+            if apply is not None and not save_as and not check_numerics:
+                fused = self._gradient_apply(s, tape, target, sources, output_gradients,
+                                             unconnected, apply, fetch_gradients)
+                if fused is not None:
+                    return fused
             grads, query, cotangent = self._gradient(
                 s, tape, target, sources, output_gradients, ("target",), check_numerics,
                 host=apply is None or fetch_gradients or bool(save_as))
@@ -502,6 +521,57 @@ class SessionRuntime:
         raise Conflict(f"variable {label!r} of the optimizer has no name in the session any "
                        "more; name the sources explicitly")
 
+    def _gradient_apply(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
+                        output_gradients: Any, unconnected: str, apply: str,
+                        fetch_gradients: bool) -> dict[str, Any] | None:
+        """A tape's gradient with an optimiser's update of the variables it reaches, in one
+        compiled call (the backward pass and the update; the gradients are not kept). None
+        when a source would get a zero gradient for not being connected (`"zero"`): that
+        update, of a variable the tape does not reach, goes the way of `apply_gradients`."""
+        query = self._prepare(s, tape, target, sources, loc=("target",))
+        if unconnected == "zero" and any(query.floats[label] and label not in query.live
+                                         for label in sources):
+            return None
+        cotangent = self._cotangent(s, target, output_gradients, ("target",))
+        opt = self.optimizer(s, apply)
+        handles: dict[Handle, str] = {}  # variable -> its program source (labels may alias)
+        for i, label in enumerate(sources):
+            if label in query.live:
+                handles.setdefault(self._optimized(s, opt, label, ("sources", i)),
+                                   query.live[label])
+        if not handles:
+            raise InvalidGraph("no source has a gradient to apply (none is watched or "
+                               "connected to the target)", loc=("sources",))
+        values, leaves = self._update_inputs(s, opt, list(handles))
+        update = Apply(opt.method, float(opt.learning_rate), opt.options,
+                       tuple(handles.values()), values, leaves, gradients=fetch_gradients)
+        out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none",
+                                   stored=self._kept(s, query), host=False, apply=update)
+        self._use(s, tape)
+        new_values, new_leaves = out["updated"]
+        answer = self._updated(s, opt, list(handles), new_values, new_leaves)
+        if not fetch_gradients:
+            return answer
+        found = out["gradients"]
+        return {**answer, "gradients": {
+            label: np.asarray(found[query.live[label]]) if label in query.live else
+            self._zeros(s, query, label, (), unconnected) for label in sources}}
+
+    def _cotangent(self, s: Session, target: str, output_gradients: Any,
+                   loc: tuple[str | int, ...]) -> np.ndarray | None:
+        """`output_gradients` for `target`, decoded and checked against its shape."""
+        if output_gradients is None:
+            return None
+        where = ("output_gradients",) if len(loc) == 1 else ("output_gradients", target)
+        tvalue = self._value(s, target)
+        cotangent = decode(output_gradients, where, dtype=tvalue.dtype.name,
+                           max_elements=self.engine.limits.max_elements)
+        if cotangent.shape != tvalue.shape:
+            raise InvalidGraph(f"output_gradients has shape {list(cotangent.shape)}; the "
+                               f"target {clip(target)} has shape {list(tvalue.shape)}",
+                               loc=where)
+        return cotangent
+
     def _gradient(self, s: Session, tape: Tape, target: str, sources: Sequence[str],
                   output_gradients: Any, loc: tuple[str | int, ...],
                   check_numerics: bool = False, host: bool = True
@@ -509,16 +579,7 @@ class SessionRuntime:
         """`host=False`: the gradients stay the compiled call's arrays (for an update)."""
         query = self._prepare(s, tape, target, sources, loc=loc, check_numerics=check_numerics)
         grads: dict[str, Any] = {label: None for label in sources}
-        cotangent = None
-        if output_gradients is not None:
-            where = ("output_gradients",) if len(loc) == 1 else ("output_gradients", target)
-            tvalue = self._value(s, target)
-            cotangent = decode(output_gradients, where, dtype=tvalue.dtype.name,
-                               max_elements=self.engine.limits.max_elements)
-            if cotangent.shape != tvalue.shape:
-                raise InvalidGraph(f"output_gradients has shape {list(cotangent.shape)}; the "
-                                   f"target {clip(target)} has shape {list(tvalue.shape)}",
-                                   loc=where)
+        cotangent = self._cotangent(s, target, output_gradients, loc)
         if query.live:
             out = self.engine.gradient(*query.ready, query.live_names, cotangent, "none",
                                        stored=self._kept(s, query), host=host)
@@ -759,7 +820,7 @@ class SessionRuntime:
         candidates = [specs[label] for label in sources if tracked[label] and floats[label]]
         rep = replay.build(tape.records, target_tid, candidates)
         values = {name: s.array(tid) for name, tid in rep.input_tids.items()}
-        values.update((n, np.zeros(shape, dtype)) for n, (shape, dtype) in rep.zeros.items()
+        values.update((n, zeros(shape, dtype)) for n, (shape, dtype) in rep.zeros.items()
                       if n not in rep.input_tids and n.startswith("eps"))
         bound = self.engine.bind_values(rep.program, values, check_numerics=check_numerics)
         bound.labels.update({rep.target: target})
@@ -912,6 +973,24 @@ class _TapeQuery:
     @property
     def live_names(self) -> list[str]:
         return list(dict.fromkeys(self.live.values()))
+
+
+SHARED_ZEROS_MAX_BYTES = 64 * 1024**2
+
+
+def zeros(shape: tuple[int, ...], dtype: str) -> Any:
+    """A zero array for a replay's `eps` input (a variable source's perturbation). Up to
+    SHARED_ZEROS_MAX_BYTES it is one read-only device array per type, shared by every query:
+    a tape's gradient step after step neither allocates its variables' worth of zeros nor
+    copies them to the device. Bigger ones are made for the query and freed after it."""
+    if math.prod(shape) * np.dtype(dtype).itemsize > SHARED_ZEROS_MAX_BYTES:
+        return np.zeros(shape, dtype)
+    return _shared_zeros(shape, dtype)
+
+
+@lru_cache(maxsize=64)
+def _shared_zeros(shape: tuple[int, ...], dtype: str) -> Any:
+    return jnp.zeros(shape, dtype)
 
 
 def _batch_diagonal(jac: np.ndarray, target_ndim: int) -> np.ndarray:
