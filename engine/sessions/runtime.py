@@ -9,6 +9,7 @@ gradient whose results are saved while other tapes record is itself recorded on 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orjson
 
 from engine import optim
 from engine.cache import Lru
@@ -88,8 +90,9 @@ class SessionRuntime:
     def __init__(self, engine: Engine, byte_budget: ByteBudget):
         self.engine = engine
         self.byte_budget = byte_budget
-        # plans of repeated requests (training steps), by session and body
+        # plans of repeated requests (training steps, runs), by session and body
         self.step_plans: Lru[Any] = Lru(256)
+        self.run_plans: Lru[_KeptRun] = Lru(256)
 
     # ----- tensors -----
 
@@ -186,9 +189,7 @@ class SessionRuntime:
             raise TooLarge(f"the nodes have {edges} arguments in all; the limit is "
                            f"{self.engine.limits.max_edges} (GRADTAPE_MAX_EDGES)",
                            loc=("nodes",))
-        plan = _RunPlan(s, self.engine.limits, functions)
-        for i, node in enumerate(nodes):
-            plan.add(node, i)
+        plan = self._run_plan(s, nodes, functions)
         program = plan.program()
         known = set(plan.result_names)
         for i, name in enumerate(fetch or ()):
@@ -206,6 +207,25 @@ class SessionRuntime:
                          + RECORD_OVERHEAD * recording * len(plan.steps))
         results = self.engine.evaluate(bound, program.outputs, answered=False)
         return self._commit(s, plan, results, fetch)
+
+    def _run_plan(self, s: Session, nodes: Sequence[Mapping[str, Any]],
+                  functions: Mapping[str, Any] | None) -> _RunPlan:
+        """The nodes planned against the session. A run whose nodes were planned before in
+        this session, and whose names still mean what they meant then, reuses that plan
+        (a training loop's forward pass, step after step); nodes holding array literals,
+        or graph functions, are planned every time."""
+        key = None if functions else (s.session_id, digest(nodes))
+        kept = self.run_plans.get(key) if key is not None else None
+        if kept is not None:
+            tids = reread(s, kept.reads)
+            if tids is not None:
+                return _RunPlan.reused(s, self.engine.limits, kept, tids)
+        plan = _RunPlan(s, self.engine.limits, functions)
+        for i, node in enumerate(nodes):
+            plan.add(node, i)
+        if key is not None and not plan.new_constants and len(plan.eqns) <= MAX_KEPT_EQNS:
+            self.run_plans.put(key, plan.kept())
+        return plan
 
     def _commit(self, s: Session, plan: _RunPlan, results: Mapping[str, Any],
                 fetch: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -1025,6 +1045,37 @@ def reread(s: Session, reads: Sequence[tuple[str, Handle | None, str]]
     return tids if len(set(tids.values())) == len(tids) else None
 
 
+def digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
+    """A digest of request nodes; an array among them (a tensor of the request's binary
+    part) counts by its dtype, shape and bytes."""
+    def array(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            data = np.ascontiguousarray(obj)  # hashed where it lies, not copied
+            return [obj.dtype.str, list(obj.shape),
+                    hashlib.blake2b(data.data, digest_size=16).hexdigest()]
+        raise TypeError(f"{type(obj).__name__} in a request's nodes")
+
+    return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
+
+
+# the plans of runs and steps up to this size are kept (at most their Lru's capacity of
+# them, ~400 bytes an equation); planning a bigger one costs little beside its compute
+MAX_KEPT_EQNS = 2_000
+
+
+@dataclass(frozen=True)
+class _KeptRun:
+    """What planning a run's nodes found, apart from the tensors its names read: the same
+    nodes in the same session, their names still meaning the same variables and tensors
+    (`reread`), make the same program and steps."""
+
+    program: Program
+    steps: tuple[_Step, ...]
+    result_names: tuple[str, ...]
+    reads: tuple[tuple[str, Handle | None, str], ...]
+    local_names: tuple[str, ...]  # program inputs, in order
+
+
 @dataclass
 class _Step:
     op: str
@@ -1059,6 +1110,24 @@ class _RunPlan:
         # what the plan read of the session: (name, its variable's handle or None, input)
         self.reads: list[tuple[str, Handle | None, str]] = []
         self._count = 0
+        self._program: Program | None = None  # made once every node is added
+
+    @classmethod
+    def reused(cls, s: Session, limits: Limits, kept: _KeptRun,
+               tids: Mapping[str, TensorId]) -> _RunPlan:
+        """A plan from `kept`, its program inputs read from the tensors `tids` names."""
+        plan = cls(s, limits)
+        plan.input_tids = {local: tids[local] for local in kept.local_names}
+        plan._local_of_tid = {tid: local for local, tid in plan.input_tids.items()}
+        plan.steps = list(kept.steps)
+        plan.result_names = list(kept.result_names)
+        plan.reads = list(kept.reads)
+        plan._program = kept.program
+        return plan
+
+    def kept(self) -> _KeptRun:
+        return _KeptRun(self.program(), tuple(self.steps), tuple(self.result_names),
+                        tuple(self.reads), tuple(self.input_tids))
 
     def _fresh(self) -> str:
         self._count += 1
@@ -1163,8 +1232,11 @@ class _RunPlan:
         self.result_names.append(ident)
 
     def program(self) -> Program:
-        outs = tuple(o for e in self.eqns for o in e.outs)
-        return Program(tuple(self.input_tids), tuple(self.eqns), outs, tuple(self.literals))
+        if self._program is None:
+            outs = tuple(o for e in self.eqns for o in e.outs)
+            self._program = Program(tuple(self.input_tids), tuple(self.eqns), outs,
+                                    tuple(self.literals))
+        return self._program
 
     def input_values(self) -> dict[str, np.ndarray]:
         return {name: self.new_constants[tid] if tid in self.new_constants

@@ -10,28 +10,23 @@ compile budget it is refused.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import numpy as np
-import orjson
 
 from engine.cache import CompileInfo
 from engine.compute import _avals_key, check_indices, check_inline, inline_limit
 from engine.errors import InvalidGraph, TooLarge, clip
 from engine.interpreter import run_eqns
 from engine.program import Program
-from engine.sessions.runtime import SessionRuntime, _RunPlan, reread
+from engine.sessions.runtime import MAX_KEPT_EQNS, SessionRuntime, _RunPlan, digest, reread
 from engine.sessions.state import TENSOR_OVERHEAD, Handle, Optimizer, Session
 from engine.transforms import Query
 
 MAX_REPEAT = 10_000
-# the plans of steps up to this size are kept (at most `SessionRuntime.step_plans`' capacity
-# of them, ~400 bytes an equation); planning a bigger one costs little beside its compute
-MAX_KEPT_EQNS = 2_000
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     # thread, it binds the same values
     for name, raw in inputs.items():
         rt.put_tensor(s, name, raw)
-    body = _digest(nodes)
+    body = digest(nodes)
     key = (s.session_id, body, target, optimizer, tuple(fetch or ()), repeat)
     plan = rt.step_plans.get(key)
     found = plan.inputs(s, opt) if plan is not None else None
@@ -130,19 +125,6 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
 
 
 Leaves = tuple[tuple[Any, ...], ...]
-
-
-def _digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
-    """A digest of a step's nodes; an array among them (a tensor of the request's binary
-    part) counts by its dtype, shape and bytes."""
-    def array(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            data = np.ascontiguousarray(obj)  # hashed where it lies, not copied
-            return [obj.dtype.str, list(obj.shape),
-                    hashlib.blake2b(data.data, digest_size=16).hexdigest()]
-        raise TypeError(f"{type(obj).__name__} in a step's nodes")
-
-    return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
 
 
 def _leaves(s: Session, opt: Optimizer, variables: Sequence[tuple[Handle, str]]) -> Leaves:
