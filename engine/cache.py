@@ -107,11 +107,16 @@ class _Compiler:
 
 
 class Lru(Generic[V]):
-    """A small bounded map, least recently used out first, safe across threads."""
+    """A small bounded map, least recently used out first, safe across threads: at most
+    `capacity` items and, with `weight`, at most `max_weight` of their weights in all."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_weight: float = float("inf"),
+                 weight: Callable[[V], float] | None = None):
         self.capacity = capacity
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self.max_weight = max_weight
+        self._weigh = weight
+        self.weight = 0.0  # of the items held
+        self._items: OrderedDict[Hashable, tuple[V, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -120,16 +125,25 @@ class Lru(Generic[V]):
     def get(self, key: Hashable) -> V | None:
         with self._lock:
             found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return found[0]
 
     def put(self, key: Hashable, value: V) -> None:
+        weight = self._weigh(value) if self._weigh is not None else 0.0
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.weight -= old[1]
+            if weight > self.max_weight:  # it alone is over: kept, it would push out all
+                return
+            self._items[key] = (value, weight)
+            self.weight += weight
+            while self._items and (len(self._items) > self.capacity or
+                                   self.weight > self.max_weight):
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.weight -= dropped
 
 
 class CompileCache:

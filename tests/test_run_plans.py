@@ -169,3 +169,35 @@ def test_big_runs_are_not_kept(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> N
     rt.run(s, FORWARD, [], 100)
     rt.run(s, FORWARD, [], 100)
     assert len(count) == 2 * len(FORWARD) and len(rt.run_plans) == 0
+
+
+def test_kept_plans_are_bounded_in_equations(pair: Pair,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans of sessions long gone stay until pushed out: the runtime keeps at most
+    KEPT_PLAN_EQNS equations of run plans (and of step plans), oldest out first."""
+    monkeypatch.setattr(runtime, "KEPT_PLAN_EQNS", 2 * len(FORWARD) + 1)
+    rt = SessionRuntime(Engine(), InMemorySessionStore().check_bytes)
+    s = pair.kept[1]
+    variants = [[*FORWARD, {"id": f"extra{i}", "op": "negative", "args": ["loss"]}]
+                for i in range(3)]
+    for nodes in variants:
+        rt.run(s, nodes, [], 100)
+    assert len(rt.run_plans) == 1 and rt.run_plans.weight == len(FORWARD) + 1
+    assert rt.run_plans.get((s.session_id, runtime.digest(variants[-1]))) is not None
+    assert rt.step_plans.max_weight == 2 * len(FORWARD) + 1
+
+
+def test_lru_bounds_count_and_weight() -> None:
+    lru: runtime.Lru[str] = runtime.Lru(3, max_weight=10, weight=len)
+    for key, value in (("a", "xxxx"), ("b", "yyyy"), ("c", "z")):
+        lru.put(key, value)
+    assert len(lru) == 3 and lru.weight == 9
+    assert lru.get("a") == "xxxx"  # a is now the most recently used
+    lru.put("d", "ww")  # 11 > 10: b, the least recently used, goes
+    assert lru.get("b") is None and lru.weight == 7 and len(lru) == 3
+    lru.put("a", "x")  # replacing an item replaces its weight
+    assert lru.weight == 4
+    lru.put("e", "v")  # four items > 3: c goes
+    assert lru.get("c") is None and [lru.get(k) for k in "ade"] == ["x", "ww", "v"]
+    lru.put("big", "u" * 11)  # heavier than the bound alone: not kept, nothing else lost
+    assert lru.get("big") is None and lru.weight == 4 and len(lru) == 3

@@ -90,9 +90,10 @@ class SessionRuntime:
     def __init__(self, engine: Engine, byte_budget: ByteBudget):
         self.engine = engine
         self.byte_budget = byte_budget
-        # plans of repeated requests (training steps, runs), by session and body
-        self.step_plans: Lru[Any] = Lru(256)
-        self.run_plans: Lru[_KeptRun] = Lru(256)
+        # plans of repeated requests (training steps, runs), by session and body; plans of
+        # deleted sessions stay until pushed out, so each kind is bounded in equations too
+        self.step_plans: Lru[Any] = Lru(256, KEPT_PLAN_EQNS, _plan_eqns)
+        self.run_plans: Lru[_KeptRun] = Lru(256, KEPT_PLAN_EQNS, _plan_eqns)
 
     # ----- tensors -----
 
@@ -1058,9 +1059,15 @@ def digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
     return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
 
 
-# the plans of runs and steps up to this size are kept (at most their Lru's capacity of
-# them, ~400 bytes an equation); planning a bigger one costs little beside its compute
+# the plans of runs and steps up to this size are kept; planning a bigger one costs little
+# beside its compute. Each kind keeps plans of KEPT_PLAN_EQNS equations in all (a plan takes
+# ~400 bytes an equation: ~40 MB each)
 MAX_KEPT_EQNS = 2_000
+KEPT_PLAN_EQNS = 100_000
+
+
+def _plan_eqns(plan: Any) -> int:
+    return len(plan.program.eqns)
 
 
 @dataclass(frozen=True)
