@@ -123,3 +123,48 @@ def test_a_failed_request_leaves_the_accounting_as_it_was(
     assert len(s.tapes[tape.tape_id].records) == 2
     np.testing.assert_allclose(rt.get_tensor(s, "d"), np.exp(np.array([1.0, 4.0])),
                                rtol=1e-6)
+
+
+def tape_state(tape: Any) -> tuple[Any, ...]:
+    return (tape.stopped, tape.paused, tape.used, list(tape.records), set(tape.tracked),
+            set(tape.watched_tensors), set(tape.watched_variables))
+
+
+def test_a_snapshot_copies_a_finished_tape_only_when_a_request_names_it(
+        rt_s: tuple[SessionRuntime, Session]) -> None:
+    """A snapshot copies the recording tapes; a tape that is not recording is copied when a
+    request names it (`SessionRuntime.tape`, a run's `watch`), before it changes. Either
+    way, a failed request leaves every tape as it was."""
+    rt, s = rt_s
+    rt.put_tensor(s, "x", [1.0, 2.0])
+    rt.put_tensor(s, "w", [0.5, 0.25], variable=True)
+    done = rt.open_tape(s, True, True)
+    rt.watch(s, done, ["x"])
+    run(rt, s, [{"id": "a", "op": "multiply", "args": ["x", "w"]}])
+    done.stopped = True
+    idle = rt.open_tape(s, False, True)
+    idle.stopped = True
+    live = rt.open_tape(s, True, True)
+    before = {t.tape_id: tape_state(t) for t in (done, idle, live)}
+    snap = s.snapshot()
+    assert snap.tapes[done.tape_id] is done and snap.tapes[idle.tape_id] is idle
+    assert snap.tapes[live.tape_id] is not live  # recording: copied now
+    # what requests naming the finished tapes do to them, then the request fails
+    named = rt.tape(s, done.tape_id)
+    assert snap.tapes[done.tape_id] is not done  # copied when named
+    rt.reset(s, named)
+    rt.run(s, [{"id": "b", "op": "sum", "args": ["w"]}], None, 100,
+           watch={idle.tape_id: ["x"]})
+    rt.gradient(s, rt.tape(s, live.tape_id), "b", ["w"])
+    assert tape_state(done) != before[done.tape_id]
+    assert tape_state(idle) != before[idle.tape_id]
+    assert tape_state(live) != before[live.tape_id]
+    s.restore(snap)
+    assert {i: tape_state(s.tapes[i]) for i in before} == before
+    check(s, collected=False)  # opening tapes does not count bytes; the snapshot came after
+    # a request that succeeded: its snapshot is let go, and the next one starts afresh
+    s.snapshot()
+    s.settle()
+    assert s.taken is None
+    rt.tape(s, done.tape_id).paused = True  # no snapshot under way: nothing to keep
+    assert s.taken is None

@@ -1022,3 +1022,29 @@ def test_tape_queries_run_off_the_event_loop_give_the_same_answers(
         assert c.delete(f"{base}/tensors/x").status_code == 204
         r = c.post(f"{base}/tapes/{tape}/gradient", json={"target": "y", "sources": ["x"]})
         assert r.status_code == 422 and "not a tensor of this session" in r.text, r.text
+
+
+def test_failed_requests_leave_finished_tapes_as_they_were(client: TestClient) -> None:
+    """Tapes that are not recording are kept by a request's snapshot only once the request
+    names them; a request that changes one and then fails must still undo the change."""
+    s = Sess(client)
+    s.put("x", [1.0, 2.0])
+    s.put("w", [0.5, 0.25], variable=True)
+    done, kept = s.tape(), s.tape(persistent=True)
+    s.run(node("y", "multiply", "x", "w"), node("l", "reduce_sum", "y"))
+    s.stop(done)
+    s.stop(kept)
+    before = {t: s.tape_info(t) for t in (done, kept)}
+    # a run whose watch names a finished tape: the first name is watched, the second fails
+    r = client.post(f"{s.base}/run", json={"nodes": [], "watch": {done: ["x", "nope"]}})
+    assert locs(problem(r, 422)) == [["body", "watch", done, 1]]
+    # a persistent tape's gradient applied to an optimizer none of whose variables the
+    # target reaches: the tape is used, then the request fails
+    s.put("other", [1.0], variable=True)
+    assert client.post(f"{s.base}/optimizers", json={
+        "name": "o", "method": "sgd", "learning_rate": 0.1,
+        "variables": ["other"]}).status_code == 201
+    r = client.post(f"{s.base}/tapes/{kept}/gradient", json={"target": "l", "apply": "o"})
+    assert problem(r, 422)["detail"].startswith("no source has a gradient")
+    assert {t: s.tape_info(t) for t in (done, kept)} == before
+    assert s.grad(kept, "l", ["w"])["w"]["data"] == [1.0, 2.0]

@@ -178,6 +178,7 @@ class SessionRuntime:
             if tape is None:
                 raise InvalidGraph(f"watch names tape {clip(tape_id)}, which the session does "
                                    "not have; open it first", loc=("watch", tape_id))
+            s.touch(tape)
             self.watch(s, tape, names, loc=("watch", tape_id))
         if not nodes:
             return {name: s.values[self._tid(s, self._binding(s, name, ("fetch", i)))]
@@ -434,7 +435,7 @@ class SessionRuntime:
         if tape is None:
             raise NotFound(f"session {s.session_id!r} has no tape {clip(tape_id)} (deleted, or "
                            "never opened)")
-        return tape
+        return s.touch(tape)  # a request that names a tape may change it
 
     def watch(self, s: Session, tape: Tape, names: Sequence[str],
               loc: tuple[str, ...] = ("tensors",)) -> None:
@@ -966,7 +967,8 @@ class SessionRuntime:
             for leaves in opt.state.values():
                 keep.update(leaves)
         for tape in s.tapes.values():
-            keep |= tape.summary().reads
+            if tape.records:  # a finished tape (most of them, in a long loop) reads nothing
+                keep |= tape.summary().reads
         for tid in [t for t in s.values if t not in keep]:
             del s.values[tid]
         for tid in [t for t in s.version_of if t not in keep]:

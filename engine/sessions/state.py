@@ -105,6 +105,18 @@ class Tape:
     watched_variables: set[Handle] = field(default_factory=set)
     summary_: TapeSummary | None = field(default=None, repr=False, compare=False)
 
+    def copy(self) -> Tape:
+        """A copy with containers of its own, as a snapshot keeps it: several times cheaper
+        than `dataclasses.replace` (no `__init__`), which counts in a session holding many
+        tapes, since every writing request snapshots them all."""
+        new = object.__new__(Tape)
+        new.__dict__.update(self.__dict__)
+        new.records = list(self.records)
+        new.tracked = set(self.tracked)
+        new.watched_tensors = set(self.watched_tensors)
+        new.watched_variables = set(self.watched_variables)
+        return new
+
     def summary(self) -> TapeSummary:
         found = self.summary_
         if found is None or found.records is not self.records or \
@@ -181,6 +193,8 @@ class Session:
     # is one), beside their NumPy form in `values`: a later call reads them from here without
     # a copy. Never serialized nor counted (on a CPU the two share their memory).
     device: dict[TensorId, Any] = field(default_factory=dict, repr=False, compare=False)
+    # the snapshot of the request under way (see `snapshot`); never serialized
+    taken: Snapshot | None = field(default=None, repr=False, compare=False)
 
     def array(self, tid: TensorId) -> Any:
         """A tensor's value for a compiled call: its device array when a call made it."""
@@ -198,17 +212,43 @@ class Session:
 
     def snapshot(self) -> Snapshot:
         """What `restore` needs to undo a request that failed halfway: shallow copies of the
-        containers a request changes (the arrays themselves are never changed in place)."""
-        return Snapshot(dict(self.values), dict(self.version_of), dict(self.names),
-                        {h: replace(v) for h, v in self.variables.items()},
-                        {i: replace(t, records=list(t.records), tracked=set(t.tracked),
-                                    watched_tensors=set(t.watched_tensors),
-                                    watched_variables=set(t.watched_variables))
-                         for i, t in self.tapes.items()},
+        containers a request changes (the arrays themselves are never changed in place).
+
+        A tape that is not recording changes only through a request that names it, which
+        finds it with `SessionRuntime.tape` and so `touch`es it first: it is copied then,
+        not here. A session that keeps many finished tapes (a client that never deletes
+        one) pays for the tapes a request uses, not for all of them."""
+        tapes, untouched = {}, set()
+        for i, t in self.tapes.items():
+            if t.recording:
+                tapes[i] = t.copy()
+            else:
+                tapes[i] = t
+                untouched.add(i)
+        snap = Snapshot(dict(self.values), dict(self.version_of), dict(self.names),
+                        {h: replace(v) for h, v in self.variables.items()}, tapes,
                         self.next_id, self.held_bytes, dict(self.applied),
-                        {n: replace(o, state=dict(o.state)) for n, o in self.optimizers.items()})
+                        {n: replace(o, state=dict(o.state)) for n, o in self.optimizers.items()},
+                        untouched)
+        self.taken = snap
+        return snap
+
+    def touch(self, tape: Tape) -> Tape:
+        """`tape`, about to change: the snapshot taken for this request keeps its state as it
+        is now (a copy) if it holds the tape itself."""
+        snap = self.taken
+        if snap is not None and tape.tape_id in snap.untouched and \
+                snap.tapes.get(tape.tape_id) is tape:
+            snap.tapes[tape.tape_id] = tape.copy()
+            snap.untouched.discard(tape.tape_id)
+        return tape
+
+    def settle(self) -> None:
+        """The request is over (done or undone): its snapshot is no longer kept."""
+        self.taken = None
 
     def restore(self, snap: Snapshot) -> None:
+        self.taken = None
         self.values, self.version_of, self.names = snap.values, snap.version_of, snap.names
         self.variables, self.tapes, self.applied = snap.variables, snap.tapes, snap.applied
         self.optimizers = snap.optimizers
@@ -225,7 +265,8 @@ class Session:
         for tape in self.tapes.values():
             size += RECORD_OVERHEAD + ARG_OVERHEAD * (
                 len(tape.tracked) + len(tape.watched_tensors) + len(tape.watched_variables))
-            size += tape.summary().nbytes
+            if tape.records:
+                size += tape.summary().nbytes
         size += sum(NAME_OVERHEAD + len(k) + len(v[2]) for k, v in self.applied.items())
         size += sum(RECORD_OVERHEAD + ARG_OVERHEAD * sum(map(len, o.state.values()))
                     for o in self.optimizers.values())
@@ -248,3 +289,4 @@ class Snapshot:
     held_bytes: int
     applied: dict[str, tuple[str, int, str]]
     optimizers: dict[str, Optimizer]
+    untouched: set[str] = field(default_factory=set)  # tapes held as themselves, not copies

@@ -87,6 +87,8 @@ class InMemorySessionStore(SessionStore):
             except BaseException:
                 session.restore(snapshot)
                 raise
+            finally:
+                session.settle()
 
     def _missing(self, session_id: str, owner: str | None) -> str:
         expired = session_id in self._expired and self._expired[session_id] in (None, owner)
