@@ -313,6 +313,55 @@ def test_persistent_tape_and_second_gradient_conflict(client: gt.Client) -> None
         assert [float(p.gradient(y, x)) for _ in range(3)] == [12.0, 12.0, 12.0]
 
 
+def _server_tapes(server: str, s: Any) -> list[str]:
+    info = httpx.get(f"{server}/v1/sessions/{s.session_id}").json()
+    return [t["tape_id"] for t in info["tapes"]]
+
+
+def test_a_tape_dropped_is_deleted_on_the_server(server: str, counted: Counted) -> None:
+    """A training loop opens a tape each step and never deletes one (as TensorFlow code
+    does): each tape is deleted on the server once its object is gone, with the session's
+    next requests, so the session holds one or two tapes however long the loop runs. A tape
+    still held keeps answering, and a non-persistent one still says it answered."""
+    import gc
+
+    with counted.client.session() as s:
+        w = s.Variable(np.array([1.0, 2.0, 3.0], np.float32), name="w")
+        opt = s.Optimizer("sgd", 0.25)
+        for _ in range(12):
+            with s.GradientTape() as tape:
+                loss = gt.reduce_sum((w - 3.0) * (w - 3.0))
+            opt.minimize(loss, [w], tape)
+        np.testing.assert_allclose(w.numpy(), 3.0 - np.array([2.0, 1.0, 0.0]) * 0.5**12,
+                                   rtol=1e-5)
+        deleted = [r.split()[1] for r in counted.take() if r.startswith("DELETE")]
+        assert len(deleted) == 11 and tape._id not in deleted  # the last one is held
+        assert len(_server_tapes(server, s)) <= 2
+        assert len(s._live_tapes()) == 1
+        # a held persistent tape is kept; dropped, it goes with the next request
+        with s.GradientTape(persistent=True) as kept:
+            y = gt.reduce_sum(w * w)
+        del tape
+        gc.collect()
+        assert [float(kept.gradient(y, w)[0]) for _ in range(2)] == [2 * float(w.numpy()[0])] * 2
+        held = kept._id
+        assert _server_tapes(server, s) == [held]
+        with s.GradientTape() as once:
+            z = gt.reduce_sum(w)
+        once.gradient(z, w)
+        with pytest.raises(gt.ConflictError):
+            once.gradient(z, w)
+        del kept
+        gc.collect()
+        s.flush()
+        assert held not in _server_tapes(server, s)
+    # a tape outliving its session is not deleted again (the session took it with it)
+    counted.take()
+    del once
+    gc.collect()
+    assert s._queue == [] and counted.take() == []
+
+
 def test_nested_tapes_third_derivative(client: gt.Client) -> None:
     with client.session() as s:
         x = s.Variable(2.0)

@@ -81,7 +81,15 @@ class _TapeCall:
     action: str
 
 
-Command = _Run | _Put | _Open | _State | _TapeCall
+@dataclass
+class _Release:
+    """Delete a tape its user no longer holds (its object was collected): by id, since the
+    object is gone."""
+
+    tape_id: str
+
+
+Command = _Run | _Put | _Open | _State | _TapeCall | _Release
 
 
 class Session(Builder):
@@ -99,7 +107,9 @@ class Session(Builder):
         self._counters: dict[str, int] = {}
         self._free: dict[str, list[str]] = {}
         self._taken: set[str] = set()
-        self._tapes: list[Tape] = []
+        # tapes opened in this session that their user still holds (weakly: a tape dropped
+        # is deleted on the server, as TensorFlow frees a tape when it is collected)
+        self._tapes: list[weakref.ref[Tape]] = []
         self._variables: weakref.WeakValueDictionary[str, Variable] = \
             weakref.WeakValueDictionary()
         self._closed = False
@@ -298,6 +308,9 @@ class Session(Builder):
                     "watch_accessed_variables": tape.watch_accessed_variables})
                 tape._id = answer["tape_id"]
                 tape._server = tape._target = "recording"
+                weakref.finalize(tape, _release, weakref.ref(self), tape._id)
+            elif isinstance(command, _Release):
+                yield Call("DELETE", self._path("tapes", command.tape_id))
             elif isinstance(command, _State):
                 command.tape._target = command.state
             else:
@@ -313,8 +326,16 @@ class Session(Builder):
                                     params={"encoding": "base64"})
                 t._value = _codec.decode(answer)
 
+    def _live_tapes(self) -> list[Tape]:
+        """The tapes of this session their user still holds, in the order they were
+        opened."""
+        live = [t for t in (ref() for ref in self._tapes) if t is not None]
+        if len(live) < len(self._tapes):
+            self._tapes = [weakref.ref(t) for t in live]
+        return live
+
     def _unsynced(self) -> list[Tape]:
-        return [t for t in self._tapes if t._id is not None and t._server != t._target]
+        return [t for t in self._live_tapes() if t._id is not None and t._server != t._target]
 
     def _sync_flow(self) -> Flow[None]:
         """Bring each tape's recording state on the server to what the queue reached."""
@@ -325,7 +346,7 @@ class Session(Builder):
 
     def recording_tapes(self) -> list[Tape]:
         """Tapes inside their `with` block and not paused, innermost last."""
-        return [t for t in self._tapes if t._state == "recording"]
+        return [t for t in self._live_tapes() if t._state == "recording"]
 
 
 class Variable(Tensor):
@@ -375,3 +396,11 @@ class Variable(Tensor):
         value = "" if self._value is None else f" {self._value!r}"
         return f"<gt.Variable {self.name!r} shape={list(self._shape)} " \
                f"dtype={self._dtype.name}{value}>"
+
+
+def _release(session_ref: weakref.ref[Session], tape_id: str) -> None:
+    """A tape object was collected: delete it on the server with the session's next
+    requests (nothing is sent from here; a closed session is gone with its tapes)."""
+    session = session_ref()
+    if session is not None and not session._closed:
+        session._queue.append(_Release(tape_id))

@@ -13,6 +13,7 @@ records it and can differentiate it again.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ class GradientTape:
             raise RuntimeError("a tape records in one `with` block; open a new tape")
         self._session._check_open()
         self._session._queue.append(_Open(self))
-        self._session._tapes.append(self)
+        self._session._tapes.append(weakref.ref(self))
         self._state = "recording"
         return self
 
