@@ -107,8 +107,24 @@ GradtapeSession <- R6::R6Class("gradtape_session",
     # ---- used by tensors and tapes -------------------------------------------
 
     .request = function(method, path, body = NULL) {
+      self$.release_dropped()
       self$requests <- self$requests + 1
       api_request(self$url, private$api_key, method, path, body)
+    },
+
+    # Tapes whose R objects were garbage collected (their finalizers queue their ids
+    # here: R may collect in the middle of a request) are deleted on the server before
+    # the next request, as TensorFlow frees a tape it no longer holds.
+    .released = character(0),
+    .release_dropped = function() {
+      while (length(self$.released) > 0L && !self$closed) {
+        tape_id <- self$.released[[1L]]
+        self$.released <- self$.released[-1L]
+        self$requests <- self$requests + 1
+        tryCatch(api_request(self$url, private$api_key, "DELETE",
+                             paste0(self$.path(), "/tapes/", tape_id)),
+                 gradtape_not_found = function(e) NULL)  # deleted by other means already
+      }
     },
 
     .path = function() paste0("/sessions/", self$session_id),

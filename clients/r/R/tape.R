@@ -10,8 +10,12 @@ GradtapeTape <- R6::R6Class("gradtape_tape",
     tape_id = NULL,
     # "new", "recording", "paused", "stopped" or "deleted"
     .status = "new",
+    # shared with the finalizer (which must not hold the tape itself)
+    .live = NULL,
 
     initialize = function(session, persistent, watch_accessed_variables) {
+      self$.live <- new.env(parent = emptyenv())
+      self$.live$deleted <- FALSE
       self$session <- session
       self$persistent <- persistent
       self$watch_accessed_variables <- watch_accessed_variables
@@ -90,6 +94,7 @@ GradtapeTape <- R6::R6Class("gradtape_tape",
         self$session$.request("DELETE", self$.path())
         self$session$.drop_tape(self)
         self$.status <- "deleted"
+        self$.live$deleted <- TRUE
       }
       invisible(NULL)
     },
@@ -113,6 +118,7 @@ GradtapeTape <- R6::R6Class("gradtape_tape",
       self$tape_id <- answer$tape_id
       self$.status <- "recording"
       self$session$.add_tape(self)
+      reg.finalizer(self, release_when_collected(self$session, self$tape_id, self$.live))
     },
 
     .exit = function() {
@@ -227,4 +233,16 @@ null_saved_source <- function(e, labels) {
   if (is.na(at) || at == length(loc)) return(NULL)
   label <- loc[[at + 1L]]
   if (label %in% labels) label else NULL
+}
+
+# The finalizer of a started tape: when R collects it, its id is queued for deletion
+# on the server with the session's next request (unless it was closed, or its session
+# was: a session takes its tapes with it).
+release_when_collected <- function(session, tape_id, live) {
+  force(session)
+  force(tape_id)
+  force(live)
+  function(e) {
+    if (!live$deleted && !session$closed) session$.released <- c(session$.released, tape_id)
+  }
 }

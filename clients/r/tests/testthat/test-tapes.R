@@ -196,3 +196,37 @@ test_that("a persistent tape differentiates a gradient taken inside its own bloc
   expect_identical(as.array(dy), 27)
   expect_identical(as.array(tape$gradient(dy, x)), 18)
 })
+
+test_that("a tape R no longer holds is deleted on the server with the next request", {
+  s <- test_session()
+  w <- s$Variable(c(1, 2, 3))
+  opt <- s$Optimizer("sgd", 0.25)
+  server_tapes <- function() {
+    vapply(s$.request("GET", s$.path())$tapes, function(t) t$tape_id, "")
+  }
+  for (i in 1:8) {
+    with(s$GradientTape() %as% tape, {
+      loss <- gt$sum((w - 3) * (w - 3))
+    })
+    opt$minimize(loss, list(w), tape)
+  }
+  held <- tape$tape_id
+  expect_equal(as.numeric(w$numpy()), 3 - c(2, 1, 0) * 0.5^8, tolerance = 1e-6)
+  gc()
+  left <- server_tapes()
+  expect_true(held %in% left)  # still held: kept
+  expect_lte(length(left), 2L)
+  # a closed tape is not deleted twice, and a held persistent one answers on
+  with(s$GradientTape(persistent = TRUE) %as% kept, {
+    y <- gt$sum(w * w)
+  })
+  tape$close()
+  rm(tape)
+  gc()
+  expect_equal(as.numeric(kept$gradient(y, w)), 2 * as.numeric(w$numpy()))
+  expect_identical(setdiff(server_tapes(), kept$tape_id), character(0))
+  gone <- kept$tape_id
+  rm(kept)
+  gc()
+  expect_false(gone %in% server_tapes())
+})
