@@ -355,6 +355,18 @@ def test_a_tape_dropped_is_deleted_on_the_server(server: str, counted: Counted) 
         gc.collect()
         s.flush()
         assert held not in _server_tapes(server, s)
+        # a tape deleted by other means: dropping it sends a DELETE that finds nothing, and
+        # the request it rides with is not failed for that
+        with s.GradientTape(persistent=True) as other:
+            gt.reduce_sum(w).numpy()
+        gt.reduce_sum(w).numpy()  # a run: the tape's stop is sent first
+        assert httpx.delete(f"{server}/v1/sessions/{s.session_id}/tapes/{other._id}"
+                            ).status_code == 204
+        del other
+        gc.collect()
+        counted.take()
+        assert float(gt.reduce_sum(w * 2.0).numpy()) == pytest.approx(2 * w.numpy().sum())
+        assert any(r.startswith("DELETE") for r in counted.take())
     # a tape outliving its session is not deleted again (the session took it with it)
     counted.take()
     del once

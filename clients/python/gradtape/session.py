@@ -22,6 +22,7 @@ execution); `Session.flush()` sends the queue at once.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from gradtape import _codec
 from gradtape._flow import Call, Flow, path
-from gradtape.errors import GradtapeError
+from gradtape.errors import GradtapeError, NotFoundError
 from gradtape.tensor import Builder, Tensor, _current, literal
 
 if TYPE_CHECKING:
@@ -310,7 +311,8 @@ class Session(Builder):
                 tape._server = tape._target = "recording"
                 weakref.finalize(tape, _release, weakref.ref(self), tape._id)
             elif isinstance(command, _Release):
-                yield Call("DELETE", self._path("tapes", command.tape_id))
+                with contextlib.suppress(NotFoundError):  # deleted by other means already
+                    yield Call("DELETE", self._path("tapes", command.tape_id))
             elif isinstance(command, _State):
                 command.tape._target = command.state
             else:
