@@ -201,3 +201,19 @@ def test_lru_bounds_count_and_weight() -> None:
     assert lru.get("c") is None and [lru.get(k) for k in "ade"] == ["x", "ww", "v"]
     lru.put("big", "u" * 11)  # heavier than the bound alone: not kept, nothing else lost
     assert lru.get("big") is None and lru.weight == 4 and len(lru) == 3
+
+
+def test_nodes_json_cannot_hold_are_planned_each_time(pair: Pair) -> None:
+    """An integer past 64 bits (the service's parser makes it a float; another caller of the
+    engine may not) has no digest: the run is planned each time, not kept, and says what is
+    wrong with the node each time."""
+    rt, s = pair.kept
+    nodes = [{"id": "big", "op": "add", "args": ["b", 10**30]}]
+    assert runtime.digest(nodes) is None
+    for _ in range(2):
+        with pytest.raises(InvalidGraph) as err:
+            rt.run(s, nodes, None, 100)
+        assert "op 'add' cannot take arguments" in err.value.detail
+    assert len(rt.run_plans) == 0
+    rt.run(s, FORWARD, None, 100)  # the same session keeps other runs' plans
+    assert len(rt.run_plans) == 1

@@ -216,7 +216,8 @@ class SessionRuntime:
         this session, and whose names still mean what they meant then, reuses that plan
         (a training loop's forward pass, step after step); nodes holding array literals,
         or graph functions, are planned every time."""
-        key = None if functions else (s.session_id, digest(nodes))
+        body = None if functions else digest(nodes)
+        key = None if body is None else (s.session_id, body)
         kept = self.run_plans.get(key) if key is not None else None
         if kept is not None:
             tids = reread(s, kept.reads)
@@ -1048,9 +1049,11 @@ def reread(s: Session, reads: Sequence[tuple[str, Handle | None, str]]
     return tids if len(set(tids.values())) == len(tids) else None
 
 
-def digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
+def digest(nodes: Sequence[Mapping[str, Any]]) -> bytes | None:
     """A digest of request nodes; an array among them (a tensor of the request's binary
-    part) counts by its dtype, shape and bytes."""
+    part) counts by its dtype, shape and bytes. None for nodes holding what JSON cannot
+    (an integer past 64 bits, from a caller other than the service's parser): their plan
+    is not kept."""
     def array(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
             data = np.ascontiguousarray(obj)  # hashed where it lies, not copied
@@ -1058,7 +1061,10 @@ def digest(nodes: Sequence[Mapping[str, Any]]) -> bytes:
                     hashlib.blake2b(data.data, digest_size=16).hexdigest()]
         raise TypeError(f"{type(obj).__name__} in a request's nodes")
 
-    return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
+    try:
+        return hashlib.blake2b(orjson.dumps(nodes, default=array), digest_size=16).digest()
+    except TypeError:  # orjson's JSONEncodeError included
+        return None
 
 
 # the plans of runs and steps up to this size are kept; planning a bigger one costs little

@@ -84,13 +84,14 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
     for name, raw in inputs.items():
         rt.put_tensor(s, name, raw)
     body = digest(nodes)
-    key = (s.session_id, body, target, optimizer, tuple(fetch or ()), repeat)
-    plan = rt.step_plans.get(key)
+    key = None if body is None else (s.session_id, body, target, optimizer,
+                                     tuple(fetch or ()), repeat)
+    plan = rt.step_plans.get(key) if key is not None else None
     found = plan.inputs(s, opt) if plan is not None else None
     if plan is None or found is None:
         plan, values = _plan(rt, s, nodes, target, opt, fetch, repeat)
         leaves = _leaves(s, opt, plan.variables)
-        if plan.reusable and len(plan.program.eqns) <= MAX_KEPT_EQNS:
+        if key is not None and plan.reusable and len(plan.program.eqns) <= MAX_KEPT_EQNS:
             rt.step_plans.put(key, plan)
     else:
         values, leaves = found
