@@ -401,15 +401,16 @@ class SessionRuntime:
                 tuple(tuple(s.array(t) for t in opt.state[h]) for h in handles))
 
     def _updated(self, s: Session, opt: Optimizer, handles: Sequence[Handle],
-                 new_values: Sequence[Any], new_leaves: Sequence[Sequence[Any]]
-                 ) -> dict[str, Any]:
-        """Keep an update's results as the variables' new versions and state."""
+                 new_values: Sequence[Any], new_leaves: Sequence[Sequence[Any]],
+                 steps: int = 1) -> dict[str, Any]:
+        """Keep an update's results (of `steps` steps) as the variables' new versions and
+        state."""
         for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
             var.current = self._keep(s, value)
             s.version_of[var.current] = handle
             opt.state[handle] = tuple(self._keep(s, leaf) for leaf in leaves)
-        opt.step += 1
+        opt.step += steps
         self._collect(s)
         return {"step": opt.step}
 

@@ -110,13 +110,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
         plan.key, lambda: jax.jit(_build(plan.program, query, list(plan.updates), repeat)),
         start, others, plan.program.literals, leaves, info=CompileInfo("step", plan.eqns, 1),
         eager=False)
-    for (handle, _), value, state in zip(plan.variables, new_values, new_leaves, strict=True):
-        var = s.variables[handle]
-        var.current = rt._keep(s, value)
-        s.version_of[var.current] = handle
-        opt.state[handle] = tuple(rt._keep(s, leaf) for leaf in state)
-    opt.step += repeat
-    rt._collect(s)
+    rt._updated(s, opt, [h for h, _ in plan.variables], new_values, new_leaves, steps=repeat)
     answer: dict[str, Any] = {"values": dict(zip(plan.wanted, (np.asarray(v) for v in fetched),
                                                  strict=True)),
                               "step": opt.step}
