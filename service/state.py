@@ -139,7 +139,10 @@ class Services:
         replicas with a shared store); a request that fails or is cancelled halfway leaves
         the session as it was. `compute` work (decoding tensors, running ops, derivatives,
         describing a big session) goes through `run`, which keeps only cheap work on the
-        event loop."""
+        event loop. While the session's last update is still computed (`Values`), reading
+        its results waits for it: when that is more work than the event loop takes on, the
+        request goes to a worker thread. Work that is not `compute` reads no tensor's
+        value."""
         request = None if readonly else idempotency.get()
         async with self.sessions.open(session_id, api_key_owner.get(),
                                       write=not readonly) as session:
@@ -147,6 +150,12 @@ class Services:
                 return cast(T, replay(request, session.applied[request.key]))
             if not compute:
                 result = work(session)
+            elif not session.values.ready() and \
+                    session.values.under_way > self._inline_flops(self.metrics.in_flight <= 1):
+                # an update answered before it was computed is still under way, and more
+                # work than the event loop may take on: the request may wait for it, which
+                # it does in a worker thread
+                result = await self.offload(lambda: work(session))
             else:
                 result = await self.run(lambda: work(session), body_bytes=body_bytes)
             if request is not None and isinstance(result, Response):
@@ -203,8 +212,7 @@ class Services:
         max_body = settings.inline_idle_max_body_bytes if idle else \
             settings.inline_max_body_bytes
         if body_bytes <= max_body:
-            token = inline_limit.set(settings.inline_idle_max_flops if idle else
-                                     settings.inline_max_flops)
+            token = inline_limit.set(self._inline_flops(idle))
             try:
                 return work()
             except Offload:
@@ -212,6 +220,10 @@ class Services:
             finally:
                 inline_limit.reset(token)
         return await self.offload(work)
+
+    def _inline_flops(self, idle: bool) -> int:
+        """The most estimated work the event loop takes on (`run`)."""
+        return self.settings.inline_idle_max_flops if idle else self.settings.inline_max_flops
 
     async def offload(self, work: Callable[[], T]) -> T:
         """Run `work` in a worker thread, at most `max_concurrent_compute` at once, with at

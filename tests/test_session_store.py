@@ -299,6 +299,42 @@ def test_a_failed_request_leaves_the_session_as_it_was(make: Factory) -> None:
     run(body, store)
 
 
+def test_an_update_still_computing_is_stored_and_restored(make: Factory) -> None:
+    """A step's update is kept before it is computed (`Values`): the store commits it as
+    its values (Redis writes them), and a later request that fails gives it back."""
+    from engine.sessions.training import train_step
+
+    store = make()
+    rt = SessionRuntime(Engine(), store.check_bytes)
+    w0 = np.arange(6, dtype=np.float32).reshape(3, 2) / 10
+    X = np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3)
+    Y = np.ones((8, 2), np.float32)
+    nodes = [{"id": "p", "op": "matmul", "args": ["X", "W"]},
+             {"id": "r", "op": "subtract", "args": ["p", "Y"]},
+             {"id": "sq", "op": "multiply", "args": ["r", "r"]},
+             {"id": "loss", "op": "mean", "args": ["sq"]}]
+    # one SGD step in float64 from the closed form of the gradient
+    want = w0 - 0.5 * (X.T.astype(np.float64) @ (X @ w0 - Y)) * 2 / Y.size
+
+    async def body() -> None:
+        sid = (await store.create()).session_id
+        async with store.open(sid) as s:
+            rt.put_tensor(s, "W", w0, variable=True)
+            rt.create_optimizer(s, "o", "sgd", 0.5)
+            train_step(rt, s, nodes, {"X": X, "Y": Y}, "loss", "o", None, 1, 100)
+        with pytest.raises(RuntimeError):
+            async with store.open(sid) as s:
+                rt.put_tensor(s, "W", np.zeros((3, 2), np.float32), variable=True)
+                raise RuntimeError("the request failed here")
+        async with store.open(sid, write=False) as s:
+            got = rt.get_tensor(s, "W")
+            assert type(got) is np.ndarray
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+            assert s.optimizers["o"].step == 1
+
+    run(body, store)
+
+
 def test_one_writer_at_a_time(make: Factory, kind: str) -> None:
     """40 increments from concurrent requests, through two stores (replicas, for Redis)."""
     stores = [make(), make()] if kind == "redis" else [make()] * 2

@@ -27,6 +27,7 @@ from engine.sessions.state import (
     Session,
     SourceSpec,
     Tape,
+    Values,
     Variable,
 )
 from engine.tensors import from_little_endian
@@ -124,7 +125,7 @@ def load_state(blob: bytes, values: dict[int, np.ndarray], last_used: float) -> 
         raise ValueError(f"session state of format {doc.get('format')}; this server reads "
                          f"format {FORMAT}")
     s = Session(doc["id"], doc["ttl"], doc["created"], last_used, doc["owner"])
-    s.values = values
+    s.values = Values(values)
     s.next_id = doc["next_id"]
     s.held_bytes = doc["held_bytes"]
     s.version_of = {t: h for t, h in doc["version_of"]}

@@ -33,6 +33,7 @@ from engine.program import Eqn, Program
 from engine.sessions import replay
 from engine.sessions.state import (
     ARG_OVERHEAD,
+    BIG,
     NAME_OVERHEAD,
     RECORD_OVERHEAD,
     TENSOR_OVERHEAD,
@@ -48,6 +49,7 @@ from engine.sessions.state import (
     Tape,
     TensorId,
     Variable,
+    host,
 )
 from engine.tensors import aligned, decode
 
@@ -73,9 +75,6 @@ ASSIGN_OPS: dict[str, Assign] = {
 }
 
 ByteBudget = Callable[[Session, int], None]
-# bytes past which a tensor is big: kept aligned and as its device array for compiled calls
-# to read in place; under it, copying is cheaper than the objects that avoid the copy
-BIG = 65_536
 # The last tape query this request prepared: when its work turns out too heavy for the event
 # loop (`Offload`), the request runs again in a worker thread, under the session's lock and
 # with nothing changed, and finds it here instead of replaying the tape again. A context
@@ -103,8 +102,8 @@ class SessionRuntime:
         if value.nbytes > BIG:  # read by compiled calls, maybe many times: in place
             value = aligned(value)
         old = s.names.get(name)
-        freed = s.values[old.tensor].nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
-            if old and old.tensor in s.values else 0
+        freed = s.values.raw(old.tensor).nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name) \
+            if old and old.tensor is not None and old.tensor in s.values else 0
         added = value.nbytes + TENSOR_OVERHEAD + NAME_OVERHEAD + len(name)
         if variable:
             added += VARIABLE_OVERHEAD + ARG_OVERHEAD
@@ -394,22 +393,32 @@ class SessionRuntime:
                        ) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
         """The values and optimiser state an update of `handles` reads, once the session's
         byte budget has room for their new versions."""
-        self.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
-                                sum(s.values[t].nbytes + TENSOR_OVERHEAD for t in opt.state[h])
+        held = s.values.raw  # sizes alone: a pending value's need not wait
+        self.byte_budget(s, sum(held(s.variables[h].current).nbytes + TENSOR_OVERHEAD +
+                                sum(held(t).nbytes + TENSOR_OVERHEAD for t in opt.state[h])
                                 for h in handles))
         return (tuple(s.array(s.variables[h].current) for h in handles),
                 tuple(tuple(s.array(t) for t in opt.state[h]) for h in handles))
 
     def _updated(self, s: Session, opt: Optimizer, handles: Sequence[Handle],
                  new_values: Sequence[Any], new_leaves: Sequence[Sequence[Any]],
-                 steps: int = 1) -> dict[str, Any]:
+                 steps: int = 1, flops: float = math.inf) -> dict[str, Any]:
         """Keep an update's results (of `steps` steps) as the variables' new versions and
-        state."""
+        state.
+
+        They are kept pending (`Values`): the request can answer while the update is still
+        computed, and a training loop's next request is read and planned meanwhile. The
+        session's values still pending from its last update are waited for first, after this
+        update's call was made: a client that sends steps faster than they compute has at
+        most two of them under way per session, not a queue that grows. `flops`: the
+        update's estimated work (`Values.under_way`)."""
+        s.values.settle()
         for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
-            var.current = self._keep(s, value)
+            var.current = self._keep(s, value, pending=True)
             s.version_of[var.current] = handle
-            opt.state[handle] = tuple(self._keep(s, leaf) for leaf in leaves)
+            opt.state[handle] = tuple(self._keep(s, leaf, pending=True) for leaf in leaves)
+        s.values.under_way = flops
         opt.step += steps
         self._collect(s)
         return {"step": opt.step}
@@ -937,21 +946,21 @@ class SessionRuntime:
 
     @staticmethod
     def _store(s: Session, value: np.ndarray) -> TensorId:
-        # a small result viewing a JAX buffer is copied: the view keeps the buffer and its
-        # wrappers alive, ten times the size of a scalar's data and its array
-        if value.base is not None and value.nbytes <= BIG:
-            value = np.array(value)
         tid = s.new_id()
-        s.values[tid] = value
+        s.values[tid] = host(value)
         return tid
 
     @classmethod
-    def _keep(cls, s: Session, result: Any) -> TensorId:
+    def _keep(cls, s: Session, result: Any, pending: bool = False) -> TensorId:
         """Store a compiled call's result; a big one keeps its device array too, so that the
-        next call that reads it (a weight, step after step) does not copy it back."""
-        value = np.asarray(result)
-        tid = cls._store(s, value)
-        if value.nbytes > BIG and isinstance(result, jax.Array):
+        next call that reads it (a weight, step after step) does not copy it back. With
+        `pending`, the result is kept without waiting for the call to finish (`Values`)."""
+        if pending and isinstance(result, jax.Array):
+            tid = s.new_id()
+            s.values[tid] = result
+        else:
+            tid = cls._store(s, np.asarray(result))
+        if isinstance(result, jax.Array) and result.nbytes > BIG:
             s.device[tid] = result
         return tid
 

@@ -1,5 +1,7 @@
-"""Session state as plain data: arrays, ids, names and records. No closures and no JAX
-objects, so that a session can be serialized and served by any replica."""
+"""Session state as plain data: arrays, ids, names and records. No closures, so that a
+session can be serialized and served by any replica; the only JAX objects are a compiled
+call's arrays, held beside their NumPy form (`Session.device`) or in its place until it is
+read (a pending value, `Values`), and neither is ever serialized as such."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import numpy as np
 TensorId = int
 Handle = int
 _nbytes = attrgetter("nbytes")
+# bytes past which a tensor is big: kept aligned and as its device array for compiled calls
+# to read in place; under it, copying is cheaper than the objects that avoid the copy
+BIG = 65_536
 
 # What a session holds beside tensor data, in bytes, measured with tracemalloc on CPython 3.11
 # (tests/test_limits.py checks the accounting against a measurement): a NumPy array object and
@@ -22,6 +27,87 @@ RECORD_OVERHEAD = 300
 ARG_OVERHEAD = 40
 NAME_OVERHEAD = 150
 VARIABLE_OVERHEAD = 150
+
+
+def host(value: np.ndarray) -> np.ndarray:
+    """A compiled call's result as a session keeps it: a small result viewing a JAX buffer is
+    copied, as the view keeps the buffer and its wrappers alive (ten times the size of a
+    scalar's data and its array)."""
+    if value.base is not None and value.nbytes <= BIG:
+        return np.array(value)
+    return value
+
+
+class Values(dict[TensorId, Any]):
+    """A session's tensor data by id, as NumPy arrays.
+
+    A compiled call's result may be kept before the call has finished (`pending`): JAX
+    computes asynchronously, and a training loop's next request can be read, checked and
+    planned while its last step still runs. Such a value is held as the call's own array
+    until something reads it here, which waits for it and keeps its NumPy form from then on.
+    `Session.array`, which feeds compiled calls, hands a pending array on without waiting
+    (JAX orders the calls), and `raw` gives one whose size alone is needed (`nbytes`,
+    `shape` and `dtype` are known before the compute ends). `under_way` is the estimated
+    floating-point work of the call that computes the pending values (unknown: infinite),
+    for a caller to judge how long reading one may wait."""
+
+    under_way: float = 0.0
+
+    def __getitem__(self, tid: TensorId) -> np.ndarray:
+        value = dict.__getitem__(self, tid)
+        return value if isinstance(value, np.ndarray) else self._settle(tid, value)
+
+    def get(self, tid: TensorId, default: Any = None) -> Any:  # type: ignore[override]
+        return self[tid] if dict.__contains__(self, tid) else default
+
+    def values(self) -> Any:  # type: ignore[override]
+        self.settle()
+        return dict.values(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        self.settle()
+        return dict.items(self)
+
+    def pop(self, tid: TensorId, *default: Any) -> Any:  # type: ignore[override]
+        if dict.__contains__(self, tid):
+            value = self[tid]
+            dict.__delitem__(self, tid)
+            return value
+        return dict.pop(self, tid, *default)
+
+    def copy(self) -> Values:  # type: ignore[override]
+        """A shallow copy that keeps pending values pending."""
+        copy = Values(dict.items(self))
+        copy.under_way = self.under_way
+        return copy
+
+    def raw(self, tid: TensorId) -> Any:
+        """The value as held: a NumPy array, or a pending compiled call's array."""
+        return dict.__getitem__(self, tid)
+
+    def held(self) -> Any:
+        """Every value as held, without waiting for pending ones (for their sizes)."""
+        return dict.values(self)
+
+    def pending(self) -> list[TensorId]:
+        return [tid for tid, v in dict.items(self) if not isinstance(v, np.ndarray)]
+
+    def ready(self) -> bool:
+        """Whether reading any value here would not wait (no pending value is still being
+        computed)."""
+        return all(v.is_ready() for v in dict.values(self) if not isinstance(v, np.ndarray))
+
+    def settle(self) -> None:
+        """Wait for every pending value and keep its NumPy form."""
+        for tid in self.pending():
+            self._settle(tid, dict.__getitem__(self, tid))
+
+    def _settle(self, tid: TensorId, array: Any) -> np.ndarray:
+        # np.asarray waits for the call that computes the array; on a CPU the NumPy form
+        # shares its memory
+        value = host(np.asarray(array))
+        dict.__setitem__(self, tid, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -179,7 +265,7 @@ class Session:
     created_at: float
     last_used: float
     owner: str | None = None  # a digest of the API key that created it
-    values: dict[TensorId, np.ndarray] = field(default_factory=dict)
+    values: Values = field(default_factory=Values)
     version_of: dict[TensorId, Handle] = field(default_factory=dict)
     names: dict[str, Binding] = field(default_factory=dict)
     variables: dict[Handle, Variable] = field(default_factory=dict)
@@ -199,7 +285,7 @@ class Session:
     def array(self, tid: TensorId) -> Any:
         """A tensor's value for a compiled call: its device array when a call made it."""
         found = self.device.get(tid)
-        return self.values[tid] if found is None else found
+        return self.values.raw(tid) if found is None else found
 
     @property
     def expires_at(self) -> float:
@@ -225,7 +311,7 @@ class Session:
             else:
                 tapes[i] = t
                 untouched.add(i)
-        snap = Snapshot(dict(self.values), dict(self.version_of), dict(self.names),
+        snap = Snapshot(self.values.copy(), dict(self.version_of), dict(self.names),
                         {h: replace(v) for h, v in self.variables.items()}, tapes,
                         self.next_id, self.held_bytes, dict(self.applied),
                         {n: replace(o, state=dict(o.state)) for n, o in self.optimizers.items()},
@@ -259,7 +345,7 @@ class Session:
     def footprint(self) -> int:
         """Everything the session holds, in bytes: tensor data and the objects around it,
         names, variables and their versions, tapes and their records."""
-        size = sum(map(_nbytes, self.values.values())) + TENSOR_OVERHEAD * len(self.values)
+        size = sum(map(_nbytes, self.values.held())) + TENSOR_OVERHEAD * len(self.values)
         size += sum(map(len, self.names)) + NAME_OVERHEAD * len(self.names)
         size += VARIABLE_OVERHEAD * len(self.variables) + ARG_OVERHEAD * len(self.version_of)
         for tape in self.tapes.values():
@@ -280,7 +366,7 @@ class Session:
 
 @dataclass(frozen=True)
 class Snapshot:
-    values: dict[TensorId, np.ndarray]
+    values: Values
     version_of: dict[TensorId, Handle]
     names: dict[str, Binding]
     variables: dict[Handle, Variable]

@@ -97,7 +97,7 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
         values, leaves = found
         if plan.program.indexing:
             check_indices(plan.program, values, plan.types)
-    rt.byte_budget(s, sum(s.values[s.variables[h].current].nbytes + TENSOR_OVERHEAD +
+    rt.byte_budget(s, sum(s.values.raw(s.variables[h].current).nbytes + TENSOR_OVERHEAD +
                           sum(leaf.nbytes + TENSOR_OVERHEAD for leaf in ls)
                           for (h, _), ls in zip(plan.variables, leaves, strict=True)))
     if inline_limit.get() is not None:
@@ -110,7 +110,8 @@ def train_step(rt: SessionRuntime, s: Session, nodes: Sequence[Mapping[str, Any]
         plan.key, lambda: jax.jit(_build(plan.program, query, list(plan.updates), repeat)),
         start, others, plan.program.literals, leaves, info=CompileInfo("step", plan.eqns, 1),
         eager=False)
-    rt._updated(s, opt, [h for h, _ in plan.variables], new_values, new_leaves, steps=repeat)
+    rt._updated(s, opt, [h for h, _ in plan.variables], new_values, new_leaves, steps=repeat,
+                flops=plan.flops * repeat)
     answer: dict[str, Any] = {"values": dict(zip(plan.wanted, (np.asarray(v) for v in fetched),
                                                  strict=True)),
                               "step": opt.step}
