@@ -590,6 +590,31 @@ def test_optimizer_step_carries_new_constants(counted: Counted) -> None:
         np.testing.assert_allclose(w.numpy(), np.asarray(v), rtol=1e-5, atol=1e-6)
 
 
+def test_optimizer_step_without_its_loss_asks_for_nothing(counted: Counted) -> None:
+    """`return_loss=False`: the step fetches nothing (the server answers before it is
+    computed); the weights are those of the same steps with their losses."""
+    X, Y, w0 = _regression(5)
+
+    def loss_fn(w: Any, x: Any, y: Any) -> Any:
+        return gt.reduce_mean(gt.square(gt.matmul(x, w) - y))
+
+    with counted.client.session() as s:
+        w = s.Variable(w0)
+        x, y = s.constant(X), s.constant(Y)
+        opt = s.Optimizer("adam", 0.05)
+        for _ in range(3):
+            counted.calls.clear()
+            assert opt.step(loss_fn, w, x, y, return_loss=False) is None
+            assert json.loads(counted.calls[-1][2])["fetch"] == []
+        assert opt.step(loss_fn, w, x, y, repeat=2, return_loss=False) is None
+        last = opt.step(loss_fn, w, x, y)
+        assert opt.iterations == 6
+        np.testing.assert_allclose(last, _optax_losses("adam", 0.05, w0, X, Y, 6)[-1],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(w.numpy(), _optax_steps("adam", 0.05, w0, X, Y, 6),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_optimizer_step_errors(client: gt.Client) -> None:
     with client.session() as s, client.session() as other:
         w = s.Variable([1.0, 2.0])

@@ -77,12 +77,18 @@ class Optimizer:
         return self._update(variables, lambda: Call(
             "POST", self._path("apply"), {"gradients": gradients}))
 
-    def step(self, fn: Callable[..., Any], *args: Tensor, repeat: int = 1) -> Any:
+    def step(self, fn: Callable[..., Any], *args: Tensor, repeat: int = 1,
+             return_loss: bool = True) -> Any:
         """A whole training step in one request (`POST .../step`): `fn`, a function of the
         session's tensors and variables `args` returning the scalar loss (traced as
         `gt.function` traces), its gradient and this optimizer's update run on the server as
         one compiled function; `repeat` runs that many steps on the same arguments. Returns
-        the loss before the update (a list of `repeat` losses)."""
+        the loss before the update (a list of `repeat` losses).
+
+        With `return_loss=False` (and `repeat` 1) the step asks for nothing back and returns
+        None: the server answers once the step is under way and computes it while this
+        process prepares the next one, as JAX does in process. A loop that reads its loss
+        every tenth step this way runs faster than one that reads it every step."""
         if not 1 <= repeat <= 10_000:
             raise ValueError("repeat must be between 1 and 10000")
         session = self._session
@@ -113,16 +119,19 @@ class Optimizer:
         nodes = [_renamed(node, rename) for node in traced.graph["nodes"]]
         target = rename[traced.outputs[0]]
         variables = [a for a in args if _is_variable(a)]
+        quiet = not return_loss and repeat == 1
         body = {"nodes": nodes, "target": target, "optimizer": self.name, "repeat": repeat,
-                "fetch": [target]}
+                "fetch": [] if quiet else [target]}
         if values:
             body["inputs"] = {name: _codec.encode(value) for name, value in values.items()}
         answer = session._client.run(self._update_flow(
             variables, lambda: Call("POST", session._path("step"), body), keep=True))
         for arg in carried:
             arg._bound = True
+        if quiet:
+            return None
         if repeat > 1:
-            return [float(x) for x in answer["losses"]]
+            return [float(x) for x in answer["losses"]] if return_loss else None
         return float(_codec.decode(answer["values"][target]))
 
     # ----- internals -----

@@ -68,8 +68,10 @@ GradtapeOptimizer <- R6::R6Class("gradtape_optimizer",
     # and the forward pass, its gradient and this optimizer's update run on the server as
     # one compiled function. Constants only R holds (a new batch each step) go with the
     # step and stay bound. `times` runs that many steps on the same tensors. Returns the
-    # loss before the update (a vector of `times` losses).
-    step = function(loss_fn, ..., times = 1L) {
+    # loss before the update (a vector of `times` losses). With return_loss = FALSE (and one
+    # step) it asks for nothing back and returns NULL: the server answers once the step is
+    # under way and computes it while R prepares the next one.
+    step = function(loss_fn, ..., times = 1L, return_loss = TRUE) {
       if (!is.function(loss_fn)) stop("step takes the loss function first", call. = FALSE)
       if (!is.numeric(times) || length(times) != 1L || is.na(times) || times != round(times) ||
           times < 1 || times > 10000) {
@@ -93,8 +95,13 @@ GradtapeOptimizer <- R6::R6Class("gradtape_optimizer",
       if (any(vapply(queue$handles, function(h) inherits(h, "gradtape_variable"), TRUE))) {
         fail("a step's loss function cannot assign to variables: the optimizer updates them")
       }
+      if (!isTRUE(return_loss) && !isFALSE(return_loss)) {
+        fail("return_loss must be TRUE or FALSE")
+      }
+      quiet <- !return_loss && times == 1
       body <- list(nodes = queue$nodes, target = loss$name, optimizer = self$name,
-                   fetch = I(loss$name), `repeat` = as.integer(times), encoding = "base64")
+                   fetch = if (quiet) I(character(0)) else I(loss$name),
+                   `repeat` = as.integer(times), encoding = "base64")
       if (length(queue$inputs) > 0L) body$inputs <- queue$inputs
       done <- FALSE
       on.exit(if (!done) forget_queue(queue))
@@ -104,6 +111,7 @@ GradtapeOptimizer <- R6::R6Class("gradtape_optimizer",
       for (tensor in queue$handles) tensor$.state <- "step"
       session$.variables_changed()
       self$iterations <- as.integer(answer$step)
+      if (!return_loss) return(invisible(NULL))
       if (times > 1) as.numeric(unlist(answer$losses)) else
         as.numeric(decode_tensor(answer$values[[loss$name]]))
     },

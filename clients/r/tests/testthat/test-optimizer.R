@@ -98,6 +98,25 @@ test_that("step runs forward pass, gradient and SGD update in one request, batch
   expect_identical(opt$iterations, 3L)
 })
 
+test_that("step without its loss asks for nothing and updates the same", {
+  s <- test_session()
+  d <- regression()
+  w <- s$Variable(d$w0, dtype = "float64")
+  x <- s$constant(d$X, dtype = "float64")
+  y <- s$constant(d$Y, dtype = "float64")
+  opt <- s$Optimizer("sgd", 0.1, variables = list(w))
+  loss_fn <- function() gt$reduce_mean(gt$square(x %*% w - y))
+  expect_null(opt$step(loss_fn, return_loss = FALSE))
+  expect_null(opt$step(loss_fn, return_loss = FALSE))
+  expected <- d$w0
+  for (k in 1:2) expected <- expected - 0.1 * mse_grad(d$X, d$Y, expected)
+  expect_equal(opt$step(loss_fn), mean((d$X %*% expected - d$Y)^2), tolerance = 1e-12)
+  expected <- expected - 0.1 * mse_grad(d$X, d$Y, expected)
+  expect_equal(as.array(w), expected, tolerance = 1e-10)
+  expect_identical(opt$iterations, 3L)
+  expect_error(opt$step(loss_fn, return_loss = NA), "return_loss must be TRUE or FALSE")
+})
+
 test_that("step with times runs that many Adam steps on the same tensors", {
   s <- test_session()
   d <- regression()
