@@ -34,6 +34,7 @@ server) runs end to end, `--tutorial-runs` times: the number of requests and the
 each run, and its printed answers are checked against API.md.
 
     python benchmarks/session_training.py [--steps 20] [--warmup 3] [--tutorial-runs 3]
+                                          [--loops 4] [--loop-size 10]
                                           [--client stdlib|httpx]
     python benchmarks/session_training.py --smoke    # 2 steps, 1 tutorial run; no results
 """

@@ -1,8 +1,16 @@
 """The MLP training step through `POST .../step` against the same jitted step in process.
 
 The MLP of benchmarks/mlp.py (784-512-512-10 tanh, softmax cross-entropy, batch 128), its
-weights held in a session of a `gradtape serve` subprocess with an optax SGD optimizer. Timed,
-step by step, interleaved with the baseline:
+weights held in a session of a `gradtape serve` subprocess with an optax SGD optimizer. A step
+that asks for nothing back is answered before its update is computed (as JAX answers a call in
+process), so each setup is timed two ways, alternating with its baseline:
+
+- `loss each step`: every request fetches the loss and so returns once its step is
+  computed; the baseline is blocked on after every step;
+- `loop of N`: N requests, the last one fetching its loss, per step, against N jitted steps
+  dispatched as a loop in process and waited for at the end.
+
+The setups:
 
 - `step, batch as b64`: one request carrying the batch (X, Y as b64 tensors);
 - `step, batch as binary`: the same batch as raw bytes after a JSON header (the Open
@@ -12,12 +20,13 @@ step by step, interleaved with the baseline:
   its baseline gathers from the data set on the device inside the jitted step;
 - `step, batch bound`: the batch already in the session, no inputs (the floor of the route);
 - `step, batch bound, <other> client`: the same with the other HTTP client (below);
-- `repeat: R`, per step: R steps on the bound batch in one request;
+- `repeat: R`, per step: R steps on the bound batch in one request (it answers their losses,
+  so it is waited for), against R jitted steps dispatched as a loop;
 - `step, batch bound, Adam`: a second optimizer of the same weights, optax's Adam, against
   optax's Adam in process (the weights after the same steps compared too);
 - `step, Python client`: the same SGD steps written with the Python client
   (`opt.step(loss_fn, *weights, s.constant(X), s.constant(Y))`: one request a step, the
-  batch as b64 through httpx) in a session of its own;
+  batch as b64 through httpx, the loss answered) in a session of its own;
 - the baseline: `jax.jit` of value_and_grad and the optax update in this process, weights kept
   on the device, the batch from NumPy each step (for the b64 row), or fixed (for the others).
 
@@ -28,7 +37,8 @@ library that spends 0.4-0.7 ms of Python on each request here; bodies are encode
 Goals (issue figures): step ≤ 1.3x the jitted step; repeat ≤ 1.1x R jitted steps. The final
 weights of the server's SGD and of the baseline are compared after the same steps.
 
-    python benchmarks/training_step.py [--steps 20] [--repeat 100] [--client stdlib|httpx]
+    python benchmarks/training_step.py [--steps 20] [--loops 6] [--loop-size 10]
+                                       [--repeat 100] [--client stdlib|httpx]
     python benchmarks/training_step.py --smoke
 """
 
@@ -147,6 +157,13 @@ def per_step(setup: Setup, rows: dict[str, list[float]], first: int, steps: int)
             timed(lambda i=i: jax.block_until_ready(setup.local(i))))
 
 
+def warm_up(setup: Setup) -> None:
+    """Two steps each side, untimed: the first compiles."""
+    for i in range(2):
+        setup.server(i, i == 1)
+        jax.block_until_ready(setup.local(i))
+
+
 def loop(setup: Setup, rows: dict[str, list[float]], first: int, blocks: int,
          size: int) -> None:
     """A loop of `size` steps that reads the loss of its last step, per step: the server's
@@ -236,10 +253,8 @@ def main() -> int:
         setups = [Setup("step, batch as b64", "jit step, batch from NumPy", b64_step, jit_batch),
                   Setup("step, batch as binary", "jit step, batch from NumPy (binary row)",
                         binary_step, jit_batch)]
-        for s in setups:  # warm-up: compile both sides
-            for i in range(2):
-                s.server(i, i == 1)
-                jax.block_until_ready(s.local(i))
+        for s in setups:
+            warm_up(s)
         for s in setups:
             per_step(s, rows, 0, steps)
             loop(s, rows, steps, loops, size)
@@ -283,9 +298,7 @@ def main() -> int:
 
         gather = Setup("step, indices into a data set", "jit step, gather from the data set",
                        gather_step, jit_gather)
-        for i in range(2):  # the first two compile
-            gather.server(i, i == 1)
-            jax.block_until_ready(gather.local(i))
+        warm_up(gather)
         b64_step(len(batches) - 1, True)  # bind the batch
         jax.block_until_ready(jit_batch(len(batches) - 1))
         bound = Setup("step, batch bound", "jit step, batch fixed", bound_step, jit_fixed)
@@ -322,9 +335,7 @@ def main() -> int:
         astate = adam.init(aparams)
 
         def adam_step(i: int, fetch: bool) -> None:
-            post(f"{base}/step", orjson.dumps({"nodes": nodes, "target": "loss",
-                                               "optimizer": "adam",
-                                               "fetch": ["loss"] if fetch else []}), JSON)
+            post(f"{base}/step", orjson.dumps(step_body(fetch, optimizer="adam")), JSON)
 
         def jit_adam(i: int) -> Any:
             nonlocal aparams, astate
@@ -333,9 +344,7 @@ def main() -> int:
 
         adam_setup = Setup("step, batch bound, Adam", "jit step, batch fixed, Adam",
                            adam_step, jit_adam)
-        for i in range(2):  # the first two compile
-            adam_setup.server(i, i == 1)
-            jax.block_until_ready(adam_setup.local(i))
+        warm_up(adam_setup)
         per_step(adam_setup, rows, 0, steps)
         loop(adam_setup, rows, steps, loops, size)
         got = {k: from_b64(c.get(f"{base}/tensors/{k}?encoding=base64").json()) for k in WEIGHTS}
