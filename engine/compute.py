@@ -283,7 +283,8 @@ class Engine:
         with them only the backward pass runs. `host=False`: the results stay the compiled
         call's arrays (for a next call on the server, such as an optimiser's update).
         `apply`: an optimiser's update of the variables behind some of the sources, in the
-        same compiled call; the answer's "updated" holds their new values and state."""
+        same compiled call; the answer's "updated" holds their new values and state, and
+        "flops" the call's estimated work."""
         if apply is not None and (bound.batch or bound.check_numerics):
             raise ValueError("apply is for unbatched queries without a numerics check")
         plan_key = None
@@ -329,6 +330,7 @@ class Engine:
                                 for s in names}}
         if apply is not None:
             answer["updated"] = tuple(updated)
+            answer["flops"] = self.cost(bound, query, key).flops  # memoised by the call
         return answer
 
     def jacobian(self, bound: Bound, target: str, sources: Sequence[str] | None = None,

@@ -114,16 +114,41 @@ def test_a_session_holds_one_update_pending_at_most(
         np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
-def test_an_update_of_unknown_work_is_under_way_for_long(
-        rt_s: tuple[SessionRuntime, Session]) -> None:
-    """`apply_gradients` keeps its update pending too, its work not estimated: infinite."""
+def test_apply_and_the_tape_route_keep_their_update_pending_with_its_work(
+        rt_s: tuple[SessionRuntime, Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`apply_gradients` and a tape's gradient with `apply` keep their update pending too,
+    with their estimated work: the update's per element, the compiled call's."""
+    from engine.sessions.runtime import UPDATE_FLOPS_PER_ELEMENT
+
     rt, s = rt_s
     w0, _ = start(rt, s)
     rt.put_tensor(s, "g", np.ones((3, 2), np.float32))
     rt.apply_gradients(s, "o", {"W": "g"})
-    assert current(s) in s.values.pending() and s.values.under_way == math.inf
+    assert current(s) in s.values.pending()
+    assert s.values.under_way == UPDATE_FLOPS_PER_ELEMENT * 6
     # Adam's first step moves each weight by the learning rate against the gradient's sign
-    np.testing.assert_allclose(s.values[current(s)], w0 - 0.1, rtol=1e-5)
+    w1 = w0 - np.float32(0.1)
+    np.testing.assert_allclose(s.values[current(s)], w1, rtol=1e-5)
+    # the tape route: the backward pass and the update as one call, from the same state
+    X, Y = data(1)
+    tape = rt.open_tape(s, False, True)
+    rt.run(s, LINEAR, [], 100, inputs={"X": X, "Y": Y})
+    tape.stopped = True  # the end of the `with` block
+
+    def separate(*args: Any) -> None:
+        raise AssertionError("the tape's update went the separate way")
+
+    monkeypatch.setattr(rt, "_apply", separate)
+    rt.gradient(s, tape, "loss", ["W"], apply="o")
+    assert current(s) in s.values.pending()
+    assert 0 < s.values.under_way < math.inf
+    opt = optax.adam(0.1)
+    state = opt.init(jnp.asarray(w0))
+    _, state = opt.update(jnp.ones((3, 2), jnp.float32), state, jnp.asarray(w0))
+    g = jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))(jnp.asarray(w1))
+    updates, _ = opt.update(g, state, jnp.asarray(w1))
+    np.testing.assert_allclose(s.values[current(s)], np.asarray(w1 + updates), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_a_new_update_waits_for_the_last_one(rt_s: tuple[SessionRuntime, Session]) -> None:

@@ -75,6 +75,9 @@ ASSIGN_OPS: dict[str, Assign] = {
 }
 
 ByteBudget = Callable[[Session, int], None]
+# an optimiser's update on its own (`apply`), as estimated work per element of its variables:
+# optax's rules are elementwise, Adam's the heaviest at about 15 operations an element
+UPDATE_FLOPS_PER_ELEMENT = 32
 # The last tape query this request prepared: when its work turns out too heavy for the event
 # loop (`Offload`), the request runs again in a worker thread, under the session's lock and
 # with nothing changed, and finds it here instead of replaying the tape again. A context
@@ -387,7 +390,9 @@ class SessionRuntime:
                                  tuple((tuple(v.shape), v.dtype.name) for v in values))
         new_values, new_leaves = update(values, tuple(updates[h] for h in handles),
                                         leaves)  # one compiled call
-        return self._updated(s, opt, handles, new_values, new_leaves)
+        # an elementwise update: a few dozen operations per element at most
+        work = UPDATE_FLOPS_PER_ELEMENT * sum(math.prod(v.shape) for v in values)
+        return self._updated(s, opt, handles, new_values, new_leaves, flops=work)
 
     def _update_inputs(self, s: Session, opt: Optimizer, handles: Sequence[Handle]
                        ) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
@@ -582,7 +587,8 @@ class SessionRuntime:
                                    stored=self._kept(s, query), host=False, apply=update)
         self._use(s, tape)
         new_values, new_leaves = out["updated"]
-        answer = self._updated(s, opt, list(handles), new_values, new_leaves)
+        answer = self._updated(s, opt, list(handles), new_values, new_leaves,
+                               flops=out["flops"])
         if not fetch_gradients:
             return answer
         found = out["gradients"]
