@@ -22,10 +22,10 @@ jitted step.
 
 Beside it, interleaved the same way, the TensorFlow-style flow with the update on the server
 (`TapeApplyTrainer`: open a tape, run with the batch, tape gradient with `"apply"`, delete the
-tape; goal 2.5x), once with the batch as b64 JSON and once as the run's binary part. Its
-gradient request asks for nothing back, so the server answers it before the update is
-computed (as JAX answers a call in process); each of these steps is timed up to a request
-that waits for the update (`GET` of the session), so that it is timed done. Then the same
+tape; goal 2.5x), once with the batch as b64 JSON and once as the run's binary part. Its run
+and its gradient request ask for nothing back, so the server answers them before their compute
+ends (as JAX answers a call in process); each of these steps is timed up to a request that
+waits for the update (`GET` of the session), so that it is timed done. Then the same
 flows as loops of `--loop-size` steps, each loop waited for at its end, against as many
 jitted steps dispatched as a loop in process and waited for at their end, loop by loop.
 

@@ -139,10 +139,10 @@ class Services:
         replicas with a shared store); a request that fails or is cancelled halfway leaves
         the session as it was. `compute` work (decoding tensors, running ops, derivatives,
         describing a big session) goes through `run`, which keeps only cheap work on the
-        event loop. While the session's last update is still computed (`Values`), reading
-        its results waits for it: when that is more work than the event loop takes on, the
-        request goes to a worker thread. Work that is not `compute` reads no tensor's
-        value."""
+        event loop. While the session's last update or run is still computed (`Values`),
+        reading its results waits for it: when that is more work than the event loop takes
+        on, the request goes to a worker thread. Work that is not `compute` reads no
+        tensor's value."""
         request = None if readonly else idempotency.get()
         async with self.sessions.open(session_id, api_key_owner.get(),
                                       write=not readonly) as session:
@@ -152,9 +152,9 @@ class Services:
                 result = work(session)
             elif not session.values.ready() and \
                     session.values.under_way > self._inline_flops(self.metrics.in_flight <= 1):
-                # an update answered before it was computed is still under way, and more
-                # work than the event loop may take on: the request may wait for it, which
-                # it does in a worker thread
+                # a computation answered before it ended is still under way, and more work
+                # than the event loop may take on: the request may wait for it, which it
+                # does in a worker thread
                 result = await self.offload(lambda: work(session))
             else:
                 result = await self.run(lambda: work(session), body_bytes=body_bytes)

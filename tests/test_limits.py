@@ -549,8 +549,11 @@ def test_a_client_that_disconnects_mid_request_leaves_its_session_consistent(
                  {"id": "m2", "op": "matmul", "args": ["m", "b"]},
                  {"id": "s", "op": "sum", "args": ["m2"]},
                  {"id": "x", "op": "assign_add", "args": ["x", 1.0]}]
+        # fetching `s` makes the answer wait for the compute (a run that fetches nothing
+        # answers before its compute ends): the client gives up while the run is under way
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{live.url}{base}/run", json={"nodes": nodes, "fetch": []}, timeout=0.2)
+            httpx.post(f"{live.url}{base}/run", json={"nodes": nodes, "fetch": ["s"]},
+                       timeout=0.2)
         info = c.get(base).json()  # waits for the session's lock, then sees one state
         names = {t["name"] for t in info["tensors"]}
         x = c.get(f"{base}/tensors/x").json()["data"]

@@ -1,11 +1,13 @@
-"""An optimiser's update is kept before it is computed (engine/sessions/state.py: `Values`).
+"""An optimiser's update, and a run's results, are kept before they are computed
+(engine/sessions/state.py: `Values`).
 
 JAX runs a compiled call asynchronously. A training step's request keeps the variables' new
 values and the optimiser's new state as the call's own arrays, and answers without waiting
 for them when it fetches nothing; the session's next request is read and planned while the
-step still runs. What clients see must not change: every read of a value through the
-session's `values` gives the NumPy array the update computes, a session holds at most one
-update still pending, and a snapshot restores pending values as they were.
+step still runs. A run that fetches nothing does the same with its results. What clients see
+must not change: every read of a value through the session's `values` gives the NumPy array
+the call computes, a session holds at most one call's values still pending, and a snapshot
+restores pending values as they were.
 """
 
 from __future__ import annotations
@@ -275,3 +277,32 @@ def test_work_that_may_wait_for_an_update_runs_off_the_event_loop() -> None:
         return seen
 
     assert asyncio.run(main()) == [False, False, True, True]
+
+
+def test_a_run_that_fetches_nothing_keeps_its_results_pending(
+        rt_s: tuple[SessionRuntime, Session]) -> None:
+    """Its results and an assigned variable stay pending; reads wait; a tape's gradient over
+    the run (its kept intermediates pending) is `jax.grad`'s; the next run waits for them."""
+    rt, s = rt_s
+    X, Y = data(2)
+    w0 = np.random.default_rng(3).normal(size=(3, 2)).astype(np.float32)
+    rt.put_tensor(s, "W", w0, variable=True)
+    rt.put_tensor(s, "V", np.zeros((3, 2), np.float32), variable=True)
+    tape = rt.open_tape(s, False, True)
+    nodes = [*LINEAR, {"id": "V", "op": "assign_add", "args": ["V", 1.0]}]
+    assert rt.run(s, nodes, [], 100, inputs={"X": X, "Y": Y}) == {}
+    made = {s.names[n].tensor for n in ("p", "r", "sq", "loss")} | {
+        s.variables[s.names["V"].variable].current}  # type: ignore[index]
+    assert made <= set(s.values.pending()) and 0 < s.values.under_way < math.inf
+    tape.stopped = True
+    grads = rt.gradient(s, tape, "loss", ["W"])["gradients"]
+    want = jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))(jnp.asarray(w0))
+    np.testing.assert_allclose(np.asarray(grads["W"]), np.asarray(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rt.get_tensor(s, "V"), np.ones((3, 2)))
+    loss = s.names["loss"].tensor
+    rt.run(s, [{"id": "z", "op": "sin", "args": ["W"]}], [], 100)
+    assert loss not in s.values.pending()  # waited for before the next run kept its own
+    np.testing.assert_allclose(s.values[loss], np.mean((X @ w0 - Y) ** 2), rtol=1e-5)
+    fetched = rt.run(s, [{"id": "c", "op": "cos", "args": ["W"]}], ["c", "z"], 100)
+    assert all(type(v) is np.ndarray for v in fetched.values())
+    np.testing.assert_allclose(fetched["z"], np.sin(w0), rtol=1e-6)

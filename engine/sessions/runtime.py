@@ -52,6 +52,7 @@ from engine.sessions.state import (
     host,
 )
 from engine.tensors import aligned, decode
+from engine.transforms import Query
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ class SessionRuntime:
                          + sum(NAME_OVERHEAD + len(o) for o in plan.result_names)
                          + RECORD_OVERHEAD * recording * len(plan.steps))
         results = self.engine.evaluate(bound, program.outputs, answered=False)
-        return self._commit(s, plan, results, fetch)
+        work = self.engine.cost(bound, Query("evaluate", tuple(program.outputs))).flops
+        return self._commit(s, plan, results, fetch, work)
 
     def _run_plan(self, s: Session, nodes: Sequence[Mapping[str, Any]],
                   functions: Mapping[str, Any] | None) -> _RunPlan:
@@ -233,12 +235,16 @@ class SessionRuntime:
         return plan
 
     def _commit(self, s: Session, plan: _RunPlan, results: Mapping[str, Any],
-                fetch: Sequence[str] | None) -> dict[str, np.ndarray]:
+                fetch: Sequence[str] | None, flops: float) -> dict[str, np.ndarray]:
+        """Bind and record a run's results. They are kept pending, as an update's are
+        (`_updated`): a run that fetches nothing answers before its compute ends."""
         tids: dict[str, TensorId] = dict(plan.input_tids)
         for tid, value in plan.new_constants.items():
             s.values[tid] = value
+        s.values.settle()
         for local, value in results.items():
-            tids[local] = self._keep(s, value)
+            tids[local] = self._keep(s, value, pending=True)
+        s.values.under_way = flops
         for step in plan.steps:
             args = tuple(a if isinstance(a, Const) else tids[a] for a in step.args)
             outs = tuple(tids[o] for o in step.outs)
@@ -814,7 +820,7 @@ class SessionRuntime:
                            "once")
         target_binding = self._binding(s, target, loc)
         target_tid = self._tid(s, target_binding)
-        tvalue = s.values[target_tid]
+        tvalue = s.values.raw(target_tid)  # its dtype and shape: no need to wait
         if not is_float(tvalue.dtype):
             raise InvalidGraph(f"target {target!r} is {tvalue.dtype.name}; gradients need a "
                                "floating-point target (cast it first)", loc=loc)
@@ -838,7 +844,7 @@ class SessionRuntime:
             if label in specs:
                 raise InvalidGraph(f"source {label!r} is listed twice", loc=("sources", i))
             binding = self._binding(s, label, ("sources", i))
-            value = s.values[self._tid(s, binding)]
+            value = s.values.raw(self._tid(s, binding))  # its dtype and shape
             if binding.variable is not None:
                 var = s.variables[binding.variable]
                 versions = tuple(sorted({t for t in arg_tids
