@@ -164,7 +164,7 @@ def test_a_snapshot_copies_a_finished_tape_only_when_a_request_names_it(
     check(s, collected=False)  # opening tapes does not count bytes; the snapshot came after
     # a request that succeeded: its snapshot is let go, and the next one starts afresh
     s.snapshot()
-    s.settle()
+    s.drop_snapshot()
     assert s.taken is None
     rt.tape(s, done.tape_id).paused = True  # no snapshot under way: nothing to keep
     assert s.taken is None

@@ -241,10 +241,9 @@ class SessionRuntime:
         tids: dict[str, TensorId] = dict(plan.input_tids)
         for tid, value in plan.new_constants.items():
             s.values[tid] = value
-        s.values.settle()
+        s.values.start(flops)
         for local, value in results.items():
             tids[local] = self._keep(s, value, pending=True)
-        s.values.under_way = flops
         for step in plan.steps:
             args = tuple(a if isinstance(a, Const) else tids[a] for a in step.args)
             outs = tuple(tids[o] for o in step.outs)
@@ -418,18 +417,15 @@ class SessionRuntime:
         state.
 
         They are kept pending (`Values`): the request can answer while the update is still
-        computed, and a training loop's next request is read and planned meanwhile. The
-        session's values still pending from its last update are waited for first, after this
-        update's call was made: a client that sends steps faster than they compute has at
-        most two of them under way per session, not a queue that grows. `flops`: the
-        update's estimated work (`Values.under_way`)."""
-        s.values.settle()
+        computed, and a training loop's next request is read and planned meanwhile. What the
+        session still holds pending is waited for first (`Values.start`), after this
+        update's call was made. `flops`: the update's estimated work."""
+        s.values.start(flops)
         for handle, value, leaves in zip(handles, new_values, new_leaves, strict=True):
             var = s.variables[handle]
             var.current = self._keep(s, value, pending=True)
             s.version_of[var.current] = handle
             opt.state[handle] = tuple(self._keep(s, leaf, pending=True) for leaf in leaves)
-        s.values.under_way = flops
         opt.step += steps
         self._collect(s)
         return {"step": opt.step}
@@ -962,16 +958,14 @@ class SessionRuntime:
         s.values[tid] = host(value)
         return tid
 
-    @classmethod
-    def _keep(cls, s: Session, result: Any, pending: bool = False) -> TensorId:
+    @staticmethod
+    def _keep(s: Session, result: Any, pending: bool = False) -> TensorId:
         """Store a compiled call's result; a big one keeps its device array too, so that the
         next call that reads it (a weight, step after step) does not copy it back. With
         `pending`, the result is kept without waiting for the call to finish (`Values`)."""
-        if pending and isinstance(result, jax.Array):
-            tid = s.new_id()
-            s.values[tid] = result
-        else:
-            tid = cls._store(s, np.asarray(result))
+        tid = s.new_id()
+        s.values[tid] = result if pending and isinstance(result, jax.Array) else \
+            host(np.asarray(result))
         if isinstance(result, jax.Array) and result.nbytes > BIG:
             s.device[tid] = result
         return tid

@@ -102,6 +102,14 @@ class Values(dict[TensorId, Any]):
         for tid in self.pending():
             self._settle(tid, dict.__getitem__(self, tid))
 
+    def start(self, flops: float) -> None:
+        """Before a new call's results are kept pending: wait for the last call's (so one
+        call's values at most are pending, and a client that sends work faster than it
+        computes has at most two calls under way per session, not a queue that grows), then
+        note the new call's estimated work."""
+        self.settle()
+        self.under_way = flops
+
     def _settle(self, tid: TensorId, array: Any) -> np.ndarray:
         # np.asarray waits for the call that computes the array; on a CPU the NumPy form
         # shares its memory
@@ -329,7 +337,7 @@ class Session:
             snap.untouched.discard(tape.tape_id)
         return tape
 
-    def settle(self) -> None:
+    def drop_snapshot(self) -> None:
         """The request is over (done or undone): its snapshot is no longer kept."""
         self.taken = None
 

@@ -88,7 +88,7 @@ class InMemorySessionStore(SessionStore):
                 session.restore(snapshot)
                 raise
             finally:
-                session.settle()
+                session.drop_snapshot()
 
     def _missing(self, session_id: str, owner: str | None) -> str:
         expired = session_id in self._expired and self._expired[session_id] in (None, owner)
