@@ -24,7 +24,7 @@ import pytest
 
 from engine.compute import Engine
 from engine.sessions.runtime import SessionRuntime
-from engine.sessions.state import Session, Values
+from engine.sessions.state import BIG, Session, Values
 from engine.sessions.store import InMemorySessionStore
 from engine.sessions.training import train_step
 
@@ -161,9 +161,13 @@ def test_a_new_update_waits_for_the_last_one(rt_s: tuple[SessionRuntime, Session
     rt.put_tensor(s, "Z", np.zeros((), np.float32))
     z = s.names["Z"].tensor
     computing = Computing()
-    dict.__setitem__(s.values, z, computing)
+    s.values.hold(z, computing)  # type: ignore[arg-type]
     step(rt, s, 0)
     assert computing.waited and type(s.values.raw(z)) is np.ndarray  # type: ignore[arg-type]
+    big = Computing(nbytes=BIG + 4)  # a big one is waited for and kept as it is
+    s.values.hold(z, big)  # type: ignore[arg-type]
+    s.values.start(1.0)
+    assert big.waited and s.values.raw(z) is big and not s.values.last
 
 
 def test_a_step_that_fetches_waits(rt_s: tuple[SessionRuntime, Session]) -> None:
@@ -228,13 +232,17 @@ def test_values_reads_give_numpy_and_copies_keep_pending() -> None:
 class Computing:
     """A pending value whose compute has not finished (what a slow update leaves)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nbytes: int = 4) -> None:
         self.done = False
         self.waited = False
-        self.nbytes = 4
+        self.nbytes = nbytes
 
     def is_ready(self) -> bool:
         return self.done
+
+    def block_until_ready(self) -> Computing:
+        self.waited = True
+        return self
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         self.waited = True  # np.asarray: what waits for a JAX array
@@ -258,7 +266,7 @@ def test_work_that_may_wait_for_an_update_runs_off_the_event_loop() -> None:
         sid = (await svc.create_session(None)).session_id
 
         def put(s: Session) -> None:
-            s.values[s.new_id()] = computing  # type: ignore[assignment]
+            s.values.hold(s.new_id(), computing)
 
         await svc.in_session(sid, put)
         seen = []
@@ -306,3 +314,96 @@ def test_a_run_that_fetches_nothing_keeps_its_results_pending(
     fetched = rt.run(s, [{"id": "c", "op": "cos", "args": ["W"]}], ["c", "z"], 100)
     assert all(type(v) is np.ndarray for v in fetched.values())
     np.testing.assert_allclose(fetched["z"], np.sin(w0), rtol=1e-6)
+
+
+def test_the_next_call_waits_for_the_last_ones_values() -> None:
+    """`start` waits for the last call's values: small ones take their NumPy form, big ones
+    stay as their arrays (a copy from the accelerator where there is one) until read."""
+    values = Values()
+    big, small = jnp.arange(BIG // 4 + 1, dtype=jnp.float32), jnp.ones(3, jnp.float32)
+    values.hold(1, big)
+    values.hold(2, small)
+    assert [tid for tid, _ in values.last] == [1, 2]
+    values.start(7.0)
+    assert values.last == () and values.ready() and values.under_way == 7.0
+    assert values.raw(1) is big and type(values.raw(2)) is np.ndarray
+    assert values.pending() == [1]
+    np.testing.assert_array_equal(values[1], np.arange(BIG // 4 + 1, dtype=np.float32))
+    assert values.pending() == []
+
+
+def test_on_an_accelerator_a_big_value_is_put_there_once(
+        rt_s: tuple[SessionRuntime, Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big batch bound in the session is copied to the accelerator by the first call that
+    reads it, and read from there after; rebinding the name drops the copy. The steps give
+    the same weights as on a CPU (the same session's steps without it)."""
+    from engine.sessions import state
+
+    rt, s = rt_s
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(8192, 3)).astype(np.float32)  # 96 KiB: big
+    Y = rng.normal(size=(8192, 2)).astype(np.float32)
+    w0 = rng.normal(size=(3, 2)).astype(np.float32)
+    rt.put_tensor(s, "W", w0, variable=True)
+    rt.put_tensor(s, "X", X)
+    rt.create_optimizer(s, "o", "sgd", 0.1)
+    x = s.names["X"].tensor
+    assert x is not None and x not in s.device
+    monkeypatch.setattr(state, "on_accelerator", lambda: True)
+    for i in range(2):
+        rt.put_tensor(s, "Y", Y)
+        train_step(rt, s, LINEAR, {}, "loss", "o", ["loss"], 1, 100)
+        if i == 0:
+            kept = s.device[x]
+            assert isinstance(kept, jax.Array) and s.array(x) is kept
+            np.testing.assert_array_equal(np.asarray(kept), X)
+        assert s.device[x] is kept  # put there once
+    y = s.names["Y"].tensor
+    assert y is not None and type(s.array(y)) is np.ndarray  # small: read as it is
+    w = jnp.asarray(w0)
+    for _ in range(2):
+        w = w - 0.1 * jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))(w)
+    np.testing.assert_allclose(rt.get_tensor(s, "W"), np.asarray(w), rtol=1e-5, atol=1e-6)
+    rt.put_tensor(s, "X", X[:4])
+    assert x not in s.device  # the old value went with its name
+
+
+def test_apply_reads_shapes_without_waiting(rt_s: tuple[SessionRuntime, Session],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`apply_gradients` checks a gradient against its variable by shape and dtype: neither
+    the variable an update still computes nor a gradient held in the session is read (waited
+    for, or copied from the accelerator) before the update's call."""
+    rt, s = rt_s
+    start(rt, s, big=True)
+    nodes = [*LINEAR[:-1], {"id": "m", "op": "mean", "args": ["sq"]},
+             {"id": "b2", "op": "multiply", "args": ["B", "B"]},
+             {"id": "bs", "op": "mean", "args": ["b2"]},
+             {"id": "loss", "op": "add", "args": ["m", "bs"]}]
+    X, Y = data(0)
+    train_step(rt, s, nodes, {"X": X, "Y": Y}, "loss", "o", None, 1, 100)
+    handle = s.names["B"].variable
+    before = s.variables[handle].current  # type: ignore[index]
+    assert isinstance(s.values.raw(before), jax.Array)  # big: still held as the call's
+    gB = np.full((256, 256), 0.5, np.float32)
+    rt.put_tensor(s, "gB", gB)
+    read = []
+    settle = Values._settle
+
+    def spy(values: Values, tid: int, array: Any) -> np.ndarray:
+        read.append(tid)
+        return settle(values, tid, array)
+
+    monkeypatch.setattr(Values, "_settle", spy)
+    rt.apply_gradients(s, "o", {"B": "gB"})
+    assert before not in read
+    # optax's Adam from B = 0: the step's gradient of mean(B * B) is zero, then 0.5
+    opt = optax.adam(0.1)
+    b = jnp.zeros((256, 256), jnp.float32)
+    state = opt.init(b)
+    for g in (jnp.zeros_like(b), jnp.asarray(gB)):
+        updates, state = opt.update(g, state, b)
+        b = optax.apply_updates(b, updates)
+    np.testing.assert_allclose(rt.get_tensor(s, "B"), np.asarray(b), rtol=1e-5, atol=1e-7)
+    with pytest.raises(Exception, match="the variable is float32"):
+        rt.put_tensor(s, "g3", np.ones(3, np.float32))
+        rt.apply_gradients(s, "o", {"B": "g3"})

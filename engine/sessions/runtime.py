@@ -358,12 +358,14 @@ class SessionRuntime:
         if not gradients:
             raise InvalidGraph("gradients is empty: give one gradient per variable to update",
                                loc=("gradients",))
-        updates: dict[Handle, np.ndarray] = {}
+        updates: dict[Handle, Any] = {}
         for label, raw in gradients.items():
             handle = self._optimized(s, opt, label, ("gradients", label))
-            value = s.values[s.variables[handle].current]
+            # shapes and dtypes alone: neither the variable (maybe still being updated) nor
+            # a gradient the session holds is waited for or copied from the accelerator
+            value = s.values.raw(s.variables[handle].current)
             if isinstance(raw, str):
-                grad = self._value(s, self._name(s, raw, ("gradients", label)))
+                grad = s.array(self._tid(s, self._binding(s, raw, ("gradients", label))))
             else:
                 grad = decode(raw, ("gradients", label), dtype=value.dtype.name,
                               max_elements=self.engine.limits.max_elements)
@@ -433,7 +435,7 @@ class SessionRuntime:
     @staticmethod
     def _rule(s: Session, options: tuple[tuple[str, Any], ...], method: str,
               learning_rate: float, handle: Handle) -> Any:
-        value = s.values[s.variables[handle].current]
+        value = s.values.raw(s.variables[handle].current)  # its shape and dtype
         return optim.rule(method, float(learning_rate), options, tuple(value.shape),
                           value.dtype.name)
 
@@ -604,7 +606,7 @@ class SessionRuntime:
         if output_gradients is None:
             return None
         where = ("output_gradients",) if len(loc) == 1 else ("output_gradients", target)
-        tvalue = self._value(s, target)
+        tvalue = s.values.raw(self._tid(s, s.names[target]))  # its shape and dtype
         cotangent = decode(output_gradients, where, dtype=tvalue.dtype.name,
                            max_elements=self.engine.limits.max_elements)
         if cotangent.shape != tvalue.shape:
@@ -964,8 +966,10 @@ class SessionRuntime:
         next call that reads it (a weight, step after step) does not copy it back. With
         `pending`, the result is kept without waiting for the call to finish (`Values`)."""
         tid = s.new_id()
-        s.values[tid] = result if pending and isinstance(result, jax.Array) else \
-            host(np.asarray(result))
+        if pending and isinstance(result, jax.Array):
+            s.values.hold(tid, result)
+        else:
+            s.values[tid] = host(np.asarray(result))
         if isinstance(result, jax.Array) and result.nbytes > BIG:
             s.device[tid] = result
         return tid

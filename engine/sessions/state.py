@@ -1,14 +1,16 @@
 """Session state as plain data: arrays, ids, names and records. No closures, so that a
-session can be serialized and served by any replica; the only JAX objects are a compiled
-call's arrays, held beside their NumPy form (`Session.device`) or in its place until it is
-read (a pending value, `Values`), and neither is ever serialized as such."""
+session can be serialized and served by any replica; the only JAX objects are device arrays,
+held beside a value's NumPy form (`Session.device`) or a compiled call's in its place until
+it is read (a pending value, `Values`), and neither is ever serialized as such."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
+import jax
 import numpy as np
 
 TensorId = int
@@ -27,6 +29,12 @@ RECORD_OVERHEAD = 300
 ARG_OVERHEAD = 40
 NAME_OVERHEAD = 150
 VARIABLE_OVERHEAD = 150
+
+
+@functools.cache
+def on_accelerator() -> bool:
+    """Whether compiled calls run on an accelerator (JAX's default backend is not the CPU)."""
+    return jax.default_backend() != "cpu"
 
 
 def host(value: np.ndarray) -> np.ndarray:
@@ -49,9 +57,16 @@ class Values(dict[TensorId, Any]):
     (JAX orders the calls), and `raw` gives one whose size alone is needed (`nbytes`,
     `shape` and `dtype` are known before the compute ends). `under_way` is the estimated
     floating-point work of the call that computes the pending values (unknown: infinite),
-    for a caller to judge how long reading one may wait."""
+    for a caller to judge how long reading one may wait.
+
+    Only the last such call may still be computing (`start` waits for the one before), so
+    `ready` asks its arrays alone. A big value of an earlier call stays as its array once
+    computed, until it is read: its NumPy form is a copy from the accelerator where there is
+    one, and a compiled call reads the array itself (`Session.device`)."""
 
     under_way: float = 0.0
+    # what the last call keeps here, as (id, array): what may still be computing
+    last: tuple[tuple[TensorId, Any], ...] = ()
 
     def __getitem__(self, tid: TensorId) -> np.ndarray:
         value = dict.__getitem__(self, tid)
@@ -78,8 +93,13 @@ class Values(dict[TensorId, Any]):
     def copy(self) -> Values:  # type: ignore[override]
         """A shallow copy that keeps pending values pending."""
         copy = Values(dict.items(self))
-        copy.under_way = self.under_way
+        copy.under_way, copy.last = self.under_way, self.last
         return copy
+
+    def hold(self, tid: TensorId, array: Any) -> None:
+        """Keep a compiled call's array as it is, pending, among the last call's (`start`)."""
+        dict.__setitem__(self, tid, array)
+        self.last = (*self.last, (tid, array))
 
     def raw(self, tid: TensorId) -> Any:
         """The value as held: a NumPy array, or a pending compiled call's array."""
@@ -95,7 +115,7 @@ class Values(dict[TensorId, Any]):
     def ready(self) -> bool:
         """Whether reading any value here would not wait (no pending value is still being
         computed)."""
-        return all(v.is_ready() for v in dict.values(self) if not isinstance(v, np.ndarray))
+        return all(array.is_ready() for _, array in self.last)
 
     def settle(self) -> None:
         """Wait for every pending value and keep its NumPy form."""
@@ -104,11 +124,16 @@ class Values(dict[TensorId, Any]):
 
     def start(self, flops: float) -> None:
         """Before a new call's results are kept pending: wait for the last call's (so one
-        call's values at most are pending, and a client that sends work faster than it
-        computes has at most two calls under way per session, not a queue that grows), then
-        note the new call's estimated work."""
-        self.settle()
-        self.under_way = flops
+        call at most is still computing, and a client that sends work faster than it computes
+        has at most two calls under way per session, not a queue that grows), then note the
+        new call's estimated work. The last call's small values take their NumPy form now;
+        big ones stay as their arrays until read."""
+        for tid, array in self.last:
+            if array.nbytes <= BIG and dict.get(self, tid) is array:
+                self._settle(tid, array)
+            else:
+                array.block_until_ready()
+        self.last, self.under_way = (), flops
 
     def _settle(self, tid: TensorId, array: Any) -> np.ndarray:
         # np.asarray waits for the call that computes the array; on a CPU the NumPy form
@@ -284,16 +309,26 @@ class Session:
     applied: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     optimizers: dict[str, Optimizer] = field(default_factory=dict)
     # values a compiled call produced, as that call's arrays (on the accelerator where there
-    # is one), beside their NumPy form in `values`: a later call reads them from here without
-    # a copy. Never serialized nor counted (on a CPU the two share their memory).
+    # is one), beside their NumPy form in `values`, and on an accelerator the big values a
+    # call read (`array`): a later call reads them from here without a copy. Never
+    # serialized nor counted (on a CPU the two share their memory).
     device: dict[TensorId, Any] = field(default_factory=dict, repr=False, compare=False)
     # the snapshot of the request under way (see `snapshot`); never serialized
     taken: Snapshot | None = field(default=None, repr=False, compare=False)
 
     def array(self, tid: TensorId) -> Any:
-        """A tensor's value for a compiled call: its device array when a call made it."""
+        """A tensor's value for a compiled call: its device array when a call made it. On an
+        accelerator, a big NumPy value (a batch bound once, a data set) is copied there by
+        the first call that reads it and kept, as JAX keeps an array it has put on a device;
+        on a CPU, a compiled call reads it in place."""
         found = self.device.get(tid)
-        return self.values.raw(tid) if found is None else found
+        if found is not None:
+            return found
+        value = self.values.raw(tid)
+        if type(value) is np.ndarray and value.nbytes > BIG and on_accelerator():
+            found = self.device[tid] = jax.device_put(value)
+            return found
+        return value
 
     @property
     def expires_at(self) -> float:
