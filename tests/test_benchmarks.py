@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ["admission.py", "batch.py", "check_numerics.py", "cold_start.py", "compile_budget.py", "event_loop.py",
-         "http_overhead.py", "hvp_http.py", "memory_estimate.py", "minimize.py", "mlp.py",
-         "scale_out.py", "session_training.py", "training_step.py"]
+SMOKE = ["admission.py", "after_compute.py", "batch.py", "check_numerics.py", "cold_start.py",
+         "compile_budget.py", "event_loop.py", "http_overhead.py", "hvp_http.py",
+         "memory_estimate.py", "minimize.py", "mlp.py", "scale_out.py", "session_training.py",
+         "training_step.py"]
 
 
 @pytest.mark.parametrize("script", SMOKE)
