@@ -76,6 +76,17 @@ def step(rt: SessionRuntime, s: Session, i: int, fetch: list[str] | None = None
     return train_step(rt, s, LINEAR, {"X": X, "Y": Y}, "loss", "o", fetch, 1, 100)
 
 
+def big_step(rt: SessionRuntime, s: Session) -> None:
+    """A step of a session with the big variable B too (the loss adds mean(B * B))."""
+    start(rt, s, big=True)
+    nodes = [*LINEAR[:-1], {"id": "m", "op": "mean", "args": ["sq"]},
+             {"id": "b2", "op": "multiply", "args": ["B", "B"]},
+             {"id": "bs", "op": "mean", "args": ["b2"]},
+             {"id": "loss", "op": "add", "args": ["m", "bs"]}]
+    X, Y = data(0)
+    train_step(rt, s, nodes, {"X": X, "Y": Y}, "loss", "o", None, 1, 100)
+
+
 def current(s: Session) -> int:
     return s.variables[s.names["W"].variable].current  # type: ignore[index]
 
@@ -183,13 +194,7 @@ def test_a_step_that_fetches_waits(rt_s: tuple[SessionRuntime, Session]) -> None
 def test_a_big_variable_keeps_its_device_array_once_read(
         rt_s: tuple[SessionRuntime, Session]) -> None:
     rt, s = rt_s
-    start(rt, s, big=True)
-    nodes = [*LINEAR[:-1], {"id": "m", "op": "mean", "args": ["sq"]},
-             {"id": "b2", "op": "multiply", "args": ["B", "B"]},
-             {"id": "bs", "op": "mean", "args": ["b2"]},
-             {"id": "loss", "op": "add", "args": ["m", "bs"]}]
-    X, Y = data(0)
-    train_step(rt, s, nodes, {"X": X, "Y": Y}, "loss", "o", None, 1, 100)
+    big_step(rt, s)
     tid = s.variables[s.names["B"].variable].current  # type: ignore[index]
     device = s.device[tid]
     assert s.values.raw(tid) is device
@@ -374,13 +379,7 @@ def test_apply_reads_shapes_without_waiting(rt_s: tuple[SessionRuntime, Session]
     the variable an update still computes nor a gradient held in the session is read (waited
     for, or copied from the accelerator) before the update's call."""
     rt, s = rt_s
-    start(rt, s, big=True)
-    nodes = [*LINEAR[:-1], {"id": "m", "op": "mean", "args": ["sq"]},
-             {"id": "b2", "op": "multiply", "args": ["B", "B"]},
-             {"id": "bs", "op": "mean", "args": ["b2"]},
-             {"id": "loss", "op": "add", "args": ["m", "bs"]}]
-    X, Y = data(0)
-    train_step(rt, s, nodes, {"X": X, "Y": Y}, "loss", "o", None, 1, 100)
+    big_step(rt, s)
     handle = s.names["B"].variable
     before = s.variables[handle].current  # type: ignore[index]
     assert isinstance(s.values.raw(before), jax.Array)  # big: still held as the call's
