@@ -439,10 +439,6 @@ class SessionRuntime:
         return optim.rule(method, float(learning_rate), options, tuple(value.shape),
                           value.dtype.name)
 
-    def _name(self, s: Session, name: str, loc: tuple[str | int, ...]) -> str:
-        self._binding(s, name, loc)
-        return name
-
     # ----- tapes -----
 
     def open_tape(self, s: Session, persistent: bool, watch_accessed_variables: bool) -> Tape:
